@@ -1,0 +1,123 @@
+"""BPR and distillation training throughput (triplets/s) against a per-sample DataLoader loop.
+
+    python bench/throughput.py [--data PATH] [--dims 8 16 32 64] [--repeats 5]
+
+The baseline is the loop kdtune replaces: a ``Dataset.__getitem__`` that returns one (user, pos, neg)
+triplet, drawing the negative with Python's ``random`` until it is not a positive, batched by a
+``DataLoader`` and trained with the same MF, BPR loss and Adam. Both run in this process on the same
+data; each figure is the median of ``--repeats`` timed runs, and the ratio is taken per repeat (the
+machine's speed drifts, a ratio of neighbours drifts much less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kdtune.data import Interactions, load, split  # noqa: E402
+from kdtune.losses import get_loss  # noqa: E402
+from kdtune.models import MF  # noqa: E402
+from kdtune.sampling import BPRSampler  # noqa: E402
+from kdtune.teacher import compute_topn  # noqa: E402
+from kdtune.train import make_optimizer, make_step, train_epoch  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/citeulike-a/users.dat"
+
+
+class PerSampleTriplets(Dataset):
+    """The per-sample design being replaced: one triplet per ``__getitem__``."""
+
+    def __init__(self, train: Interactions):
+        self.users = train.row_ids().tolist()
+        self.items = train.indices.tolist()
+        self.n_items = train.n_items
+        self.seen = [set(train.items_of(u).tolist()) for u in range(train.n_users)]
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, idx: int):
+        u = self.users[idx]
+        j = random.randrange(self.n_items)
+        while j in self.seen[u]:
+            j = random.randrange(self.n_items)
+        return u, self.items[idx], j
+
+
+def time_baseline(train: Interactions, dim: int, batch_size: int, batches: int) -> float:
+    model = MF(train.n_users, train.n_items, dim, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    loader = DataLoader(PerSampleTriplets(train), batch_size=batch_size, shuffle=True)
+    n, t0 = 0, time.perf_counter()
+    for b, (u, i, j) in enumerate(loader):
+        if b >= batches:
+            break
+        loss = -F.logsigmoid(model(u, i) - model(u, j)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        n += len(u)
+    return n / (time.perf_counter() - t0)
+
+
+def time_kdtune(train, dim, batch_size, batches, loss="bpr", teacher=None, topn=None) -> float:
+    spec = get_loss(loss)
+    model = MF(train.n_users, train.n_items, dim, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    extra = spec.make_extra(dim, teacher.dim, **spec.params) if spec.make_extra is not None else None
+    params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
+    opt = make_optimizer(params, 0.01)
+    kwargs = {"alpha": 0.5, **spec.params, **({"T": 2.0} if spec.uses_temperature else {})}
+    step = make_step(model, spec, kwargs, opt, teacher, topn, gen, extra, 0.01)
+    sampler = BPRSampler(train, batch_size=batch_size, generator=gen)
+    train_epoch(model, sampler, step, max_batches=2)  # warm-up
+    t0 = time.perf_counter()
+    _, n = train_epoch(model, sampler, step, max_batches=batches)
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(DEFAULT_DATA) if DEFAULT_DATA.exists() else "synthetic")
+    p.add_argument("--dims", type=int, nargs="+", default=[8, 16, 32, 64])
+    p.add_argument("--losses", nargs="+", default=["bpr", "mse_diff", "soft_bce", "rd", "cd", "rrd", "de"])
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--batches", type=int, default=20, help="timed batches per kdtune run")
+    p.add_argument("--baseline-batches", type=int, default=3, help="timed batches per baseline run")
+    p.add_argument("--baseline-batch-size", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load(args.data)
+    parts = split(data, seed=0)
+    print(f"{data.describe()}; train {parts.train.nnz:,}; threads {args.threads}; repeats {args.repeats}")
+    teacher = MF(data.n_users, data.n_items, 64, seed=1).eval().requires_grad_(False)
+    topn = compute_topn(teacher, parts.train, 100)
+
+    print(f"\n{'dim':>4} {'loss':>9} {'kdtune triplets/s':>18} {'baseline triplets/s':>20} {'ratio':>7}")
+    for dim in args.dims:
+        for loss in args.losses:
+            ours, base, ratios = [], [], []
+            for _ in range(args.repeats):
+                o = time_kdtune(parts.train, dim, args.batch_size, args.batches, loss, teacher, topn)
+                b = time_baseline(parts.train, dim, args.baseline_batch_size, args.baseline_batches)
+                ours.append(o)
+                base.append(b)
+                ratios.append(o / b)
+            print(f"{dim:>4} {loss:>9} {statistics.median(ours):>18,.0f} {statistics.median(base):>20,.0f} "
+                  f"{statistics.median(ratios):>6.1f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Fit a teacher with BPR, distil a student from it: one training loop with early stopping on validation."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from kdtune.data import Interactions
+from kdtune.evaluate import evaluate
+from kdtune.losses import KDContext, LossDef, get_loss
+from kdtune.models import MF
+from kdtune.sampling import BPRSampler
+
+
+class DivergedError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclass
+class FitResult:
+    """What a training run did: best validation score and when, history, and speed."""
+
+    best_epoch: int
+    best_score: float
+    best_metrics: dict[str, float]
+    epochs_run: int
+    seconds: float
+    triplets: int
+    stopped_early: bool
+    metric: str
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def triplets_per_s(self) -> float:
+        return self.triplets / self.seconds if self.seconds > 0 else float("nan")
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    """Dense Adam, fused into one kernel where this torch build supports it (about 2x faster a step on
+    CPU than the multi-tensor version for MF tables)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+def make_step(
+    model: MF,
+    spec: LossDef,
+    kwargs: dict,
+    opt: torch.optim.Optimizer,
+    teacher: MF | None,
+    topn: torch.Tensor | None,
+    gen: torch.Generator,
+    extra: torch.nn.Module | None,
+    weight_decay: float,
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]:
+    """One optimisation step on a ``(users, pos, neg)`` batch; returns the batch's mean loss."""
+
+    def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> float:
+        ctx = KDContext(model, teacher, topn, users, pos, neg, gen, extra)
+        value = spec.fn(ctx, **kwargs)
+        if weight_decay > 0:
+            reg = (
+                model.user_emb(users).pow(2).sum()
+                + model.item_emb(pos).pow(2).sum()
+                + model.item_emb(neg).pow(2).sum()
+            ) / users.numel()
+            value = value + weight_decay * reg
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        return float(value.detach())
+
+    return step
+
+
+def train_epoch(
+    model: MF,
+    sampler: BPRSampler,
+    step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float],
+    max_batches: int | None = None,
+) -> tuple[float, int]:
+    """One pass of ``sampler`` (or its first ``max_batches``); returns (sum of losses, triplets)."""
+    model.train()
+    total, n = 0.0, 0
+    for b, (users, pos, neg) in enumerate(sampler.epoch()):
+        if max_batches is not None and b >= max_batches:
+            break
+        loss_value = step(users, pos, neg)
+        # A diverged run cannot recover: stop at once rather than train on garbage.
+        if not math.isfinite(loss_value):
+            raise DivergedError(f"loss became {loss_value}")
+        total += loss_value * users.numel()
+        n += users.numel()
+    return total, n
+
+
+def fit(
+    model: MF,
+    train: Interactions,
+    valid: Interactions,
+    loss: str = "bpr",
+    loss_params: dict | None = None,
+    alpha: float = 0.5,
+    T: float = 1.0,
+    teacher: MF | None = None,
+    topn: torch.Tensor | None = None,
+    epochs: int = 30,
+    batch_size: int = 4096,
+    lr: float = 0.01,
+    weight_decay: float = 0.0,
+    patience: int = 5,
+    k: int = 20,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "train",
+    device: torch.device | str = "cpu",
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """Train ``model`` in place with ``loss`` and keep its best state by validation NDCG@k.
+
+    ``weight_decay`` is the usual BPR L2 penalty on the embeddings of each batch (users, positives,
+    negatives), averaged over the batch. Early stopping: after ``patience`` epochs without a better
+    validation NDCG@k the loop stops and the best epoch's weights are restored. Deterministic for a
+    given ``seed`` on CPU. ``device`` moves the model (and teacher) there; it stays there afterwards.
+    Raises ``DivergedError`` on a NaN/inf loss.
+    """
+    spec = get_loss(loss)
+    params = {**spec.params, **(loss_params or {})}
+    unknown = set(params) - set(spec.params)
+    if unknown:
+        raise ValueError(f"loss {loss!r} has no parameter(s) {sorted(unknown)}; known: {sorted(spec.params)}")
+    if spec.name != "bpr" and (teacher is None or topn is None):
+        raise ValueError(f"loss {loss!r} distils from a teacher: pass teacher and topn")
+    device = torch.device(device)
+    torch.manual_seed(seed)  # anything initialised from the global generator (DE experts) is seeded too
+    gen = torch.Generator(device).manual_seed(seed)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
+        topn = topn.to(device)
+    extra = spec.make_extra(model.dim, teacher.dim, **params) if spec.make_extra is not None else None
+    if extra is not None:
+        extra.to(device)
+    trainable = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
+    opt = make_optimizer(trainable, lr)
+    sampler = BPRSampler(train, batch_size=batch_size, generator=gen, device=device)
+    metric = f"ndcg@{k}"
+    kwargs = {"alpha": alpha, **params}
+    if spec.uses_temperature:
+        kwargs["T"] = T
+
+    step = make_step(model, spec, kwargs, opt, teacher, topn, gen, extra, weight_decay)
+
+    best_score, best_epoch, best_metrics = -math.inf, 0, {}
+    best_state = copy.deepcopy(model.state_dict())
+    history: list[dict] = []
+    triplets, train_seconds, stopped_early = 0, 0.0, False
+    bar = tqdm(total=epochs, desc=desc, disable=not progress, leave=False, unit="epoch")
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        try:
+            total, n = train_epoch(model, sampler, step)
+        except DivergedError as exc:
+            bar.close()
+            raise DivergedError(f"{desc}: {exc} in epoch {epoch}") from None
+        train_seconds += time.perf_counter() - t0
+        triplets += n
+        metrics = evaluate(model, train, valid, ks=(k,))
+        row = {"epoch": epoch, "loss": total / max(n, 1), **metrics}
+        history.append(row)
+        if metrics[metric] > best_score:
+            best_score, best_epoch, best_metrics = metrics[metric], epoch, metrics
+            best_state = copy.deepcopy(model.state_dict())
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", **{metric: f"{metrics[metric]:.4f}"})
+        if on_epoch is not None:
+            on_epoch(row)
+        if epoch - best_epoch >= patience:
+            stopped_early = True
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(
+        best_epoch=best_epoch,
+        best_score=best_score,
+        best_metrics=best_metrics,
+        epochs_run=len(history),
+        seconds=train_seconds,
+        triplets=triplets,
+        stopped_early=stopped_early,
+        metric=metric,
+        history=history,
+    )
+
+
+def distill(
+    teacher: MF | None,
+    topn: torch.Tensor | None,
+    train: Interactions,
+    valid: Interactions,
+    dim: int,
+    loss: str,
+    seed: int = 0,
+    **fit_kwargs,
+) -> tuple[MF, FitResult]:
+    """A fresh ``dim``-sized student distilled from ``teacher`` with ``loss`` (``bpr`` = no teacher)."""
+    student = MF(train.n_users, train.n_items, dim, seed=seed)
+    if teacher is not None:
+        teacher.eval().requires_grad_(False)
+    result = fit(student, train, valid, loss=loss, teacher=teacher, topn=topn, seed=seed, **fit_kwargs)
+    return student, result

@@ -1,0 +1,352 @@
+"""Losses: hand-computed values for every soft term and registered loss, gradient routing, registry."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from kdtune.losses import (
+    LOSSES,
+    DistillationExperts,
+    KDContext,
+    _sorted_topn_of,
+    bpr_term,
+    cd_term,
+    de_term,
+    get_loss,
+    gumbel_select,
+    mse_diff_term,
+    rank_weights,
+    rd_term,
+    rrd_term,
+    sample_complement,
+    sample_ranks,
+    soft_bce_term,
+)
+from kdtune.models import MF
+
+# Score tables [n_users=2, n_items=4] for the hand-computed cases.
+S = [[2.0, 1.0, 0.0, -1.0], [0.5, -0.5, 1.5, 3.0]]
+T_ = [[3.0, 0.5, 1.0, -2.0], [1.0, 2.0, -1.0, 0.0]]
+
+
+def sig(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def table_mf(scores: list[list[float]]) -> MF:
+    """An MF whose score(u, i) is exactly ``scores[u][i]``: one-hot users, items carry the score column."""
+    n_users, n_items = len(scores), len(scores[0])
+    m = MF(n_users, n_items, dim=n_users)
+    with torch.no_grad():
+        m.user_emb.weight.copy_(torch.eye(n_users))
+        m.item_emb.weight.copy_(torch.tensor(scores).T)
+    return m
+
+
+def frozen(m: MF) -> MF:
+    m.eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def hand_ctx(topn: list[list[int]] | None = None, extra=None) -> KDContext:
+    """Batch: user 0 (pos 0, neg 3), user 1 (pos 2, neg 1)."""
+    return KDContext(
+        student=table_mf(S),
+        teacher=frozen(table_mf(T_)),
+        topn=torch.tensor(topn if topn is not None else [[1, 2, 3], [0, 1, 3]]),
+        users=torch.tensor([0, 1]),
+        pos=torch.tensor([0, 2]),
+        neg=torch.tensor([3, 1]),
+        generator=torch.Generator().manual_seed(0),
+        extra=extra,
+    )
+
+
+# pair margins of the hand batch
+DS = [S[0][0] - S[0][3], S[1][2] - S[1][1]]  # [3.0, 2.0]
+DT = [T_[0][0] - T_[0][3], T_[1][2] - T_[1][1]]  # [5.0, -3.0]
+BPR = (math.log1p(math.exp(-3.0)) + math.log1p(math.exp(-2.0))) / 2
+
+
+def close(x: torch.Tensor, y: float, tol: float = 1e-5) -> None:
+    assert x.shape == ()
+    x = x.detach()
+    assert abs(x.item() - y) < tol, (x.item(), y)
+
+
+# ----------------------------------------------------------------------------- plain terms
+
+
+def test_bpr_term_hand():
+    close(bpr_term(torch.tensor(DS)), BPR)
+    close(bpr_term(torch.tensor([0.0])), math.log(2))
+    assert torch.isfinite(bpr_term(torch.tensor([-1e4, 1e4])))  # softplus form does not overflow
+
+
+def test_mse_diff_term_hand():
+    # ((3-5)^2 + (2+3)^2) / 2 = 14.5, times T^2 = 4
+    close(mse_diff_term(torch.tensor(DS), torch.tensor(DT), T=2.0), 4 * 14.5)
+
+
+def test_soft_bce_term_hand():
+    T = 2.0
+    expected = 0.0
+    for ds, dt in zip(DS, DT, strict=True):
+        p, q = sig(dt / T), sig(ds / T)
+        expected += -(p * math.log(q) + (1 - p) * math.log(1 - q))
+    close(soft_bce_term(torch.tensor(DS), torch.tensor(DT), T), T * T * expected / 2)
+
+
+def test_rank_weights_hand():
+    w = rank_weights(3, 2.0)
+    e = [math.exp(-1 / 2), math.exp(-2 / 2), math.exp(-3 / 2)]
+    assert torch.allclose(w, torch.tensor([x / sum(e) for x in e]))
+
+
+def test_rd_term_hand():
+    w = [0.7, 0.3]
+    s = [[1.0, -2.0], [0.0, 3.0]]
+    expected = -(0.7 * math.log(sig(1.0)) + 0.3 * math.log(sig(-2.0)))
+    expected += -(0.7 * math.log(sig(0.0)) + 0.3 * math.log(sig(3.0)))
+    close(rd_term(torch.tensor(s), torch.tensor(w)), expected / 2)
+
+
+def test_cd_term_hand():
+    s, t, T = [[1.0, -1.0]], [[2.0, 0.0]], 4.0
+    expected = 0.0
+    for si, ti in zip(s[0], t[0], strict=True):
+        y, q = sig(ti / T), sig(si)
+        expected += -(y * math.log(q) + (1 - y) * math.log(1 - q))
+    close(cd_term(torch.tensor(s), torch.tensor(t), T), expected / 2)
+
+
+def rrd_by_hand(s_int: list[float], s_un: list[float]) -> float:
+    below = sum(math.exp(x) for x in s_un)
+    return -sum(s_int[k] - math.log(sum(math.exp(x) for x in s_int[k:]) + below) for k in range(len(s_int)))
+
+
+def test_rrd_term_hand():
+    s_int = [[2.0, 0.5, 1.0], [0.0, 0.0, -1.0]]
+    s_un = [[-1.0, 0.3], [2.0, -3.0]]
+    expected = (rrd_by_hand(s_int[0], s_un[0]) + rrd_by_hand(s_int[1], s_un[1])) / 2
+    close(rrd_term(torch.tensor(s_int), torch.tensor(s_un)), expected)
+    # stable for large logits (naive exp would overflow)
+    assert torch.isfinite(rrd_term(torch.tensor([[500.0, 400.0]]), torch.tensor([[450.0]])))
+
+
+def test_de_term_hand():
+    pred = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    target = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
+    close(de_term(pred, target), (4.0 + 25.0) / 2)
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def test_sample_ranks_without_replacement_sorted_and_rank_aware():
+    g = torch.Generator().manual_seed(1)
+    r = sample_ranks(20000, 6, 3, 2.0, g)
+    assert r.shape == (20000, 3) and r.min() >= 0 and r.max() < 6
+    assert (r[:, 1:] > r[:, :-1]).all()  # sorted and distinct -> without replacement
+    # k=1 is a plain categorical draw: frequencies follow exp(-r/lam)
+    one = sample_ranks(40000, 4, 1, 1.0, g).squeeze(1)
+    freq = torch.bincount(one, minlength=4).float() / 40000
+    assert torch.allclose(freq, rank_weights(4, 1.0), atol=0.01)
+    # k == n takes every position
+    assert (sample_ranks(5, 4, 4, 1.0, g) == torch.arange(4)).all()
+    with pytest.raises(ValueError):
+        sample_ranks(2, 3, 4, 1.0, g)
+
+
+def test_sample_complement_exact_and_uniform():
+    g = torch.Generator().manual_seed(2)
+    ex = torch.tensor([[2, 5], [0, 6]])
+    x = sample_complement(ex, 7, 30000, g)
+    assert not (x[0] == 2).any() and not (x[0] == 5).any() and not (x[1] == 0).any() and not (x[1] == 6).any()
+    assert x.min() >= 0 and x.max() < 7
+    for row, allowed in ((x[0], [0, 1, 3, 4, 6]), (x[1], [1, 2, 3, 4, 5])):
+        freq = torch.bincount(row, minlength=7).float()[allowed] / len(row)
+        assert torch.allclose(freq, torch.full((5,), 0.2), atol=0.015)
+    with pytest.raises(ValueError):
+        sample_complement(torch.tensor([[0, 1]]), 2, 3, g)
+
+
+def test_sorted_topn_cache_follows_in_place_edits():
+    topn = torch.tensor([[3, 1, 2], [0, 5, 4]])
+    assert torch.equal(_sorted_topn_of(topn), torch.tensor([[1, 2, 3], [0, 4, 5]]))
+    topn[0, 0] = 9  # the loop could refresh the teacher's top-N in place
+    assert torch.equal(_sorted_topn_of(topn), torch.tensor([[1, 2, 9], [0, 4, 5]]))
+    assert torch.equal(_sorted_topn_of(topn.clone()), torch.tensor([[1, 2, 9], [0, 4, 5]]))
+
+
+def test_gumbel_select_one_hot_forward_soft_gradient():
+    logits = torch.tensor([[0.0, 5.0, -1.0], [2.0, 0.0, 0.0]], requires_grad=True)
+    sel = gumbel_select(logits, 1.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(sel.sum(1), torch.ones(2)) and ((sel - sel.round()).abs() < 1e-6).all()
+    (sel * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- registered losses, by hand
+
+
+def test_bpr_loss_hand():
+    close(get_loss("bpr").fn(hand_ctx(), alpha=0.9, T=3.0), BPR)
+
+
+def test_mse_diff_loss_hand():
+    a, T = 0.3, 2.0
+    close(get_loss("mse_diff").fn(hand_ctx(), alpha=a, T=T), (1 - a) * BPR + a * 4 * 14.5)
+
+
+def test_soft_bce_loss_hand():
+    a, T = 0.4, 0.5
+    soft = 0.0
+    for ds, dt in zip(DS, DT, strict=True):
+        p, q = sig(dt / T), sig(ds / T)
+        soft += -(p * math.log(q) + (1 - p) * math.log(1 - q))
+    close(get_loss("soft_bce").fn(hand_ctx(), alpha=a, T=T), (1 - a) * BPR + a * T * T * soft / 2)
+
+
+def test_rd_loss_hand():
+    a = 0.5
+    # top-2 of user 0 = items 1, 2; of user 1 = items 0, 1; lambda = 1 -> w ∝ (e^-1, e^-2)
+    w0, w1 = math.exp(-1) / (math.exp(-1) + math.exp(-2)), math.exp(-2) / (math.exp(-1) + math.exp(-2))
+    u0 = -(w0 * math.log(sig(S[0][1])) + w1 * math.log(sig(S[0][2])))
+    u1 = -(w0 * math.log(sig(S[1][0])) + w1 * math.log(sig(S[1][1])))
+    close(
+        get_loss("rd").fn(hand_ctx(), alpha=a, T=7.0, rd_k=2, rd_lambda=1.0),
+        (1 - a) * BPR + a * (u0 + u1) / 2,
+    )
+
+
+def test_cd_loss_hand():
+    # cd_samples = N: sampling without replacement must take the whole top-N, so the value is fixed
+    a, T = 0.6, 2.0
+    topn = [[1, 2, 3], [0, 1, 3]]
+    soft = 0.0
+    for u in (0, 1):
+        for i in topn[u]:
+            y, q = sig(T_[u][i] / T), sig(S[u][i])
+            soft += -(y * math.log(q) + (1 - y) * math.log(1 - q))
+    loss = get_loss("cd").fn(hand_ctx(topn), alpha=a, T=T, cd_samples=3, cd_lambda=1.0)
+    close(loss, (1 - a) * BPR + a * soft / 6)
+
+
+def test_rrd_loss_hand():
+    # rrd_k = N takes the whole top-N in teacher order; one item is left outside it, so all L draws are it
+    a = 0.5
+    topn = [[1, 2, 3], [0, 1, 3]]
+    u0 = rrd_by_hand([S[0][1], S[0][2], S[0][3]], [S[0][0]] * 4)
+    u1 = rrd_by_hand([S[1][0], S[1][1], S[1][3]], [S[1][2]] * 4)
+    loss = get_loss("rrd").fn(hand_ctx(topn), alpha=a, T=9.0, rrd_k=3, rrd_l=4, rrd_lambda=1.0)
+    close(loss, (1 - a) * BPR + a * (u0 + u1) / 2)
+
+
+def test_de_loss_hand():
+    # two identical experts x -> 2 relu(x): whichever the selection picks, the map is known
+    a = 0.5
+    extra = DistillationExperts(2, 2, n_experts=2)
+    with torch.no_grad():
+        extra.user.w1.copy_(torch.eye(2).expand(2, 2, 2))
+        extra.item.w1.copy_(torch.eye(2).expand(2, 2, 2))
+        for s in (extra.user, extra.item):
+            s.b1.zero_()
+            s.b2.zero_()
+            s.w2.copy_(2 * torch.eye(2).expand(2, 2, 2))
+    ctx = hand_ctx(extra=extra)
+    # student users are one-hot -> experts give 2 e_u; the teacher's user embeddings are one-hot too
+    user_term = ((2 - 1) ** 2 + 0 + 0 + (2 - 1) ** 2) / 2
+    # items pos [0, 2], neg [3, 1]: student item i = (S[0][i], S[1][i]), teacher item i = (T_[0][i], T_[1][i])
+    item_term = 0.0
+    for i in (0, 2, 3, 1):
+        pred = [2 * max(S[0][i], 0.0), 2 * max(S[1][i], 0.0)]
+        item_term += (T_[0][i] - pred[0]) ** 2 + (T_[1][i] - pred[1]) ** 2
+    item_term /= 4
+    loss = get_loss("de").fn(ctx, alpha=a, T=1.0, de_experts=2, de_tau=0.5)
+    close(loss, BPR + a * (user_term + item_term), tol=1e-4)
+
+
+def test_de_requires_matching_extra():
+    with pytest.raises(ValueError, match="make_extra"):
+        get_loss("de").fn(hand_ctx(), alpha=0.5)
+    with pytest.raises(ValueError, match="de_experts"):
+        get_loss("de").fn(hand_ctx(extra=DistillationExperts(2, 2, 3)), alpha=0.5, de_experts=5)
+
+
+# ----------------------------------------------------------------------------- every registered loss
+
+
+def random_ctx(name: str, teacher_requires_grad: bool = False, seed: int = 0) -> KDContext:
+    torch.manual_seed(seed)
+    n_users, n_items, n = 8, 30, 12
+    student, teacher = MF(n_users, n_items, 3, seed=seed), MF(n_users, n_items, 5, seed=seed + 1)
+    with torch.no_grad():  # nonzero biases so their gradients are exercised too
+        for m in (student, teacher):
+            m.item_bias.weight.normal_(0, 0.1)
+            m.user_bias.weight.normal_(0, 0.1)
+    teacher.eval()
+    teacher.requires_grad_(teacher_requires_grad)
+    topn = torch.stack([torch.randperm(n_items)[:n] for _ in range(n_users)])
+    d = get_loss(name)
+    extra = d.make_extra(3, 5, **d.params) if d.make_extra else None
+    return KDContext(
+        student=student,
+        teacher=teacher,
+        topn=topn,
+        users=torch.randint(n_users, (16,)),
+        pos=torch.randint(n_items, (16,)),
+        neg=torch.randint(n_items, (16,)),
+        generator=torch.Generator().manual_seed(seed),
+        extra=extra,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_gradients_reach_student_only(name):
+    d = get_loss(name)
+    ctx = random_ctx(name, teacher_requires_grad=True)
+    before = copy.deepcopy(ctx.teacher.state_dict())
+    loss = d.fn(ctx, alpha=0.7, T=2.0, **d.params)
+    assert torch.isfinite(loss) and loss.shape == ()
+    loss.backward()
+    assert ctx.student.user_emb.weight.grad.abs().sum() > 0
+    assert ctx.student.item_emb.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in ctx.teacher.parameters())  # teacher terms were detached
+    assert all(torch.equal(before[k], v) for k, v in ctx.teacher.state_dict().items())
+    if ctx.extra is not None:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ctx.extra.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_frozen_teacher_finite_and_deterministic(name):
+    d = get_loss(name)
+    a = d.fn(random_ctx(name), alpha=0.5, T=3.0, **d.params)
+    b = d.fn(random_ctx(name), alpha=0.5, T=3.0, **d.params)
+    assert torch.isfinite(a) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_alpha_zero_is_bpr(name):
+    d = get_loss(name)
+    ctx = random_ctx(name)
+    expected = get_loss("bpr").fn(ctx, alpha=0.0, T=1.0)
+    assert torch.allclose(d.fn(ctx, alpha=0.0, T=2.5, **d.params), expected)
+
+
+def test_registry():
+    assert set(LOSSES) == {"bpr", "mse_diff", "soft_bce", "rd", "cd", "rrd", "de"}
+    assert get_loss("bpr").params == {}
+    assert get_loss("rrd").params == {"rrd_k": 10, "rrd_l": 50, "rrd_lambda": 10.0}
+    assert {n for n, d in LOSSES.items() if d.uses_temperature} == {"mse_diff", "soft_bce", "cd"}
+    assert [n for n, d in LOSSES.items() if d.make_extra] == ["de"]
+    for d in LOSSES.values():
+        assert d.description
+    with pytest.raises(ValueError, match="bpr.*cd.*de.*mse_diff.*rd.*rrd.*soft_bce"):
+        get_loss("nope")

@@ -1,0 +1,165 @@
+"""End-to-end searches on a tiny synthetic dataset (CPU, the shared session Ray)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from kdtune import pareto
+from kdtune.cli import run_cli
+from kdtune.search import main
+
+DATA = "synthetic:users=300,items=400"
+COMMON = ["--space", "smoke", "--data", DATA, "--teacher-epochs", "3", "--concurrency", "2"]
+
+
+def run_search(args: list[str]) -> int:
+    return main(args)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(ray_cluster, cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "e2e"
+    t0 = time.perf_counter()
+    assert run_search(["--trials", "4", "--out", str(out), "--cache-dir", cache, *COMMON]) == 0
+    return out, time.perf_counter() - t0
+
+
+def test_search_exports_a_consistent_front(finished_run):
+    out, seconds = finished_run
+    for name in ["trials.csv", "pareto.csv", "pareto.md", "pareto.json", "pareto.png", "run.json"]:
+        assert (out / name).stat().st_size > 0, name
+    run = json.loads((out / "run.json").read_text())
+    trials = pd.read_csv(out / "trials.csv")
+    front = pd.read_csv(out / "pareto.csv")
+    assert run["status"] == "finished"
+    assert len(trials) == 4 and set(trials["status"]) == {"TERMINATED"}
+    objectives = {"recall@20": "max", "latency_ms": "min"}
+    # the exported front is exactly the non-dominated set of the trial table
+    expected = pareto.pareto_front(trials, objectives)
+    assert sorted(front["trial_id"]) == sorted(expected["trial_id"])
+    assert pareto.non_dominated(-front[["recall@20"]].assign(lat=-front["latency_ms"]).to_numpy()).all()
+    merged = front.merge(trials, on="trial_id", suffixes=("", "_trial"))
+    assert (merged["recall@20"] == merged["recall@20_trial"]).all()
+    assert front["test_recall@20"].between(0, 1).all()
+    for weights in front["weights"]:
+        assert (out / weights / "student.pt").exists()
+    # the teacher was trained once, before the trials, and recorded
+    assert run["teacher"]["from_cache"] is False
+    assert run["timings"]["teacher_s"] > 0 and run["hypervolume"]["value"] > 0
+    payload = json.loads((out / "pareto.json").read_text())
+    assert payload["baselines"][0]["model"].startswith("teacher")
+    assert {f"plain student dim={d}" for d in (4, 8)} <= {b["model"] for b in payload["baselines"]}
+    assert seconds < 120
+
+
+def test_second_identical_run_loads_the_teacher(finished_run, cache, tmp_path):
+    out = tmp_path / "again"
+    assert run_search(["--trials", "1", "--out", str(out), "--cache-dir", cache, *COMMON]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["teacher"]["from_cache"] is True
+
+
+def test_export_rewrites_the_tables(finished_run, cache):
+    from kdtune.export import main as export_main
+
+    out, _ = finished_run
+    before = pd.read_csv(out / "pareto.csv")
+    (out / "pareto.csv").unlink()
+    assert export_main([str(out)]) == 0
+    after = pd.read_csv(out / "pareto.csv")
+    assert sorted(after["trial_id"]) == sorted(before["trial_id"])
+
+
+def test_killed_driver_resumes_without_losing_trials(ray_cluster, cache, tmp_path):
+    out = tmp_path / "killed"
+    trials = 5
+    cmd = [sys.executable, "-m", "kdtune.search", "--trials", str(trials), "--out", str(out), "--cache-dir",
+           cache, "--address", ray_cluster, *COMMON[:-1], "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 150
+        # Kill the driver once at least two trials have finished (their checkpoints exist).
+        while time.time() < deadline and len(list(out.glob("ray/search/*/checkpoint_*"))) < 2:
+            assert proc.poll() is None, "search ended before it could be interrupted"
+            time.sleep(0.5)
+        assert len(list(out.glob("ray/search/*/checkpoint_*"))) >= 2
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished_before = len(list(out.glob("ray/search/*/checkpoint_*")))
+    assert finished_before < trials
+    assert run_search(["--resume", str(out)]) == 0
+    table = pd.read_csv(out / "trials.csv")
+    assert len(table) == trials and table["trial_id"].is_unique
+    assert (table["status"] == "TERMINATED").sum() == trials
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--trials", "0"], "--trials must be >= 1"),
+        (["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
+        (["--space", "/nonexistent/space.yaml"], "space"),
+        (["--resume", "/nonexistent/run"], "not a kdtune run"),
+        (["--data", "/nonexistent/users.dat"], "users.dat"),
+        (["--k", "100000", "--data", DATA], "larger than the catalogue"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    assert run_cli(main, ["--out", str(tmp_path / "x"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_nonsense_flags_are_usage_errors(capsys):
+    for argv in (["--sampler", "bogus"], ["--trials", "many"], ["--no-such-flag"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        assert "usage:" in capsys.readouterr().err
+
+
+def test_cli_process_prints_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "kdtune.search", "--trials", "0"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: --trials must be >= 1 (got 0)"
+
+
+def test_unreachable_address_is_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdtune.search", "--address", "127.0.0.1:1", "--data", DATA, "--out",
+         str(tmp_path / "x"), "--space", "smoke"],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "RAY_gcs_rpc_server_connect_timeout_s": "5"},
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "could not connect" in proc.stderr
+
+
+def test_existing_run_dir_is_not_overwritten(finished_run, capsys):
+    out, _ = finished_run
+    before = (out / "run.json").read_text()
+    assert run_cli(main, ["--out", str(out), "--space", "smoke", "--data", DATA]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (out / "run.json").read_text() == before
+
+
+def test_malformed_space_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params:\n  lr: {type: float, low: 1, high: 0.1}\n")
+    assert run_cli(main, ["--space", str(bad), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "lr" in err
+    assert not (tmp_path / "x").exists()

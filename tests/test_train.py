@@ -1,0 +1,112 @@
+import math
+
+import pytest
+import torch
+
+from kdtune.data import split, synthetic
+from kdtune.evaluate import Popularity, evaluate
+from kdtune.models import MF
+from kdtune.teacher import TeacherSettings, compute_topn, get_teacher
+from kdtune.train import DivergedError, distill, fit
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return split(synthetic(n_users=400, n_items=500, seed=0), seed=0)
+
+
+@pytest.fixture(scope="module")
+def teacher(parts, tmp_path_factory):
+    settings = TeacherSettings(dim=32, epochs=15, lr=0.01, patience=3)
+    return get_teacher(parts, settings, cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+
+
+def test_mf_scores_match_definition():
+    model = MF(3, 4, 2, seed=0)
+    users, items = torch.tensor([0, 2]), torch.tensor([1, 3])
+    with torch.no_grad():
+        model.user_bias.weight.fill_(0.5)
+        model.item_bias.weight[:, 0] = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    expected = (model.user_emb.weight[users] * model.item_emb.weight[items]).sum(1) + 0.5 + items.float()
+    assert torch.allclose(model(users, items), expected)
+    assert torch.allclose(model.full_scores(users)[torch.arange(2), items], expected)
+    assert torch.allclose(model(users, items.unsqueeze(1)).squeeze(1), expected)
+    assert model.n_params() == (3 + 4) * 3
+    assert model.n_bytes() == model.n_params() * 4
+
+
+def test_teacher_learns_beyond_popularity(parts, teacher):
+    model = teacher.model()
+    seen = [parts.train, parts.valid]
+    ours = evaluate(model, seen, parts.test, ks=(20,))
+    pop = evaluate(Popularity(parts.train), seen, parts.test, ks=(20,))
+    assert ours["ndcg@20"] > 1.3 * pop["ndcg@20"], (ours, pop)
+    assert not teacher.from_cache
+
+
+def test_teacher_cache_hit_trains_nothing(parts, teacher, tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.mktemp("cache2")
+    settings = TeacherSettings(dim=8, epochs=2, patience=2)
+    first = get_teacher(parts, settings, cache_dir=cache, progress=False)
+    monkeypatch.setattr("kdtune.teacher.train_teacher", lambda *a, **k: pytest.fail("trained again"))
+    second = get_teacher(parts, settings, cache_dir=cache, progress=False)
+    assert second.from_cache and not first.from_cache
+    assert torch.equal(first.topn, second.topn)
+    for name, value in first.state.items():
+        assert torch.equal(value, second.state[name])
+
+
+def test_topn_masks_training_items_and_is_sorted(parts, teacher):
+    model = teacher.model()
+    topn = compute_topn(model, parts.train, 30, batch_size=64)
+    assert topn.shape == (parts.train.n_users, 30)
+    for u in range(0, parts.train.n_users, 37):
+        assert not set(topn[u].tolist()) & set(parts.train.items_of(u).tolist())
+        scores = model.full_scores(torch.tensor([u]))[0, topn[u]]
+        assert torch.all(scores[:-1] >= scores[1:])
+
+
+def test_fit_is_deterministic_and_restores_best(parts):
+    results = []
+    for _ in range(2):
+        model = MF(parts.train.n_users, parts.train.n_items, 8, seed=1)
+        res = fit(model, parts.train, parts.valid, epochs=4, lr=0.02, seed=3, patience=10)
+        results.append((res, model.state_dict()))
+    (a, sa), (b, sb) = results
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    best = max(h["ndcg@20"] for h in a.history)
+    assert a.best_score == best
+    model = MF.from_state(MF(parts.train.n_users, parts.train.n_items, 8).arch(), sa)
+    assert math.isclose(evaluate(model, parts.train, parts.valid)["ndcg@20"], best, rel_tol=1e-6)
+
+
+def test_early_stopping_stops(parts):
+    model = MF(parts.train.n_users, parts.train.n_items, 4, seed=0)
+    res = fit(model, parts.train, parts.valid, epochs=50, lr=1e-6, patience=2)
+    assert res.stopped_early and res.epochs_run < 50
+
+
+def test_divergence_is_an_error(parts):
+    model = MF(parts.train.n_users, parts.train.n_items, 4, seed=0)
+    with torch.no_grad():
+        model.user_emb.weight[0, 0] = float("nan")
+    with pytest.raises(DivergedError):
+        fit(model, parts.train, parts.valid, epochs=2)
+
+
+@pytest.mark.parametrize("loss", ["mse_diff", "soft_bce", "rd", "cd", "rrd", "de"])
+def test_every_loss_distils_a_working_student(parts, teacher, loss):
+    student, res = distill(teacher.model(), teacher.topn, parts.train, parts.valid, 8, loss,
+                           epochs=3, lr=0.02, alpha=0.5, T=2.0)
+    assert res.epochs_run >= 1 and math.isfinite(res.best_score)
+    assert student.dim == 8
+    # the teacher is never updated by distillation
+    fresh = teacher.model()
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, teacher.state[name])
+
+
+def test_distilling_needs_a_teacher(parts):
+    with pytest.raises(ValueError, match="teacher"):
+        distill(None, None, parts.train, parts.valid, 4, "rd", epochs=1)
