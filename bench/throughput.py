@@ -76,9 +76,9 @@ def time_kdtune(train, dim, batch_size, batches, loss="bpr", teacher=None, topn=
     gen = torch.Generator().manual_seed(0)
     extra = spec.make_extra(dim, teacher.dim, **spec.params) if spec.make_extra is not None else None
     params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
-    opt = make_optimizer(params, 0.01)
+    opt = make_optimizer(params, 0.01, 0.1)
     kwargs = {"alpha": 0.5, **spec.params, **({"T": 2.0} if spec.uses_temperature else {})}
-    step = make_step(model, spec, kwargs, opt, teacher, topn, gen, extra, 0.01)
+    step = make_step(model, spec, kwargs, opt, teacher, topn, gen, extra)
     sampler = BPRSampler(train, batch_size=batch_size, generator=gen)
     train_epoch(model, sampler, step, max_batches=2)  # warm-up
     t0 = time.perf_counter()
@@ -93,8 +93,7 @@ def main() -> None:
     p.add_argument("--losses", nargs="+", default=["bpr", "mse_diff", "soft_bce", "rd", "cd", "rrd", "de"])
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--batches", type=int, default=20, help="timed batches per kdtune run")
-    p.add_argument("--baseline-batches", type=int, default=3, help="timed batches per baseline run")
-    p.add_argument("--baseline-batch-size", type=int, default=1024)
+    p.add_argument("--baseline-batches", type=int, default=2, help="timed batches per baseline run")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -111,7 +110,7 @@ def main() -> None:
             ours, base, ratios = [], [], []
             for _ in range(args.repeats):
                 o = time_kdtune(parts.train, dim, args.batch_size, args.batches, loss, teacher, topn)
-                b = time_baseline(parts.train, dim, args.baseline_batch_size, args.baseline_batches)
+                b = time_baseline(parts.train, dim, args.batch_size, args.baseline_batches)
                 ours.append(o)
                 base.append(b)
                 ratios.append(o / b)

@@ -43,7 +43,7 @@ class CompareArgs:
     lr: float = arg(0.01, "student learning rate")
     epochs: int = arg(40, "student epoch budget (early stopping on validation NDCG@K)")
     patience: int = arg(5, "epochs without improvement before stopping")
-    weight_decay: float = arg(0.01, "student BPR L2 penalty")
+    weight_decay: float = arg(0.1, "student AdamW weight decay")
     teacher_dim: int = arg(64, "teacher embedding size")
     catalog_size: int | None = arg(None, "catalogue size for the latency benchmark (default: the data's)")
     json: bool = arg(False, "print the rows as JSON")
@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     if ns.list_losses:
         for spec in LOSSES.values():
-            print(f"{spec.name:10s} {spec.description}")
+            params = ", ".join(f"{k}={v}" for k, v in spec.params.items()) or "-"
+            print(f"{spec.name:9s} T:{'yes' if spec.uses_temperature else 'no ':3s}  params: {params}\n"
+                  f"          {spec.description}")
         return 0
     data_args, args = from_namespace(DataArgs, ns), from_namespace(CompareArgs, ns)
     setup_logging()

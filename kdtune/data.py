@@ -177,8 +177,8 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------------- synthetic data
 def synthetic(
-    n_users: int = 3000,
-    n_items: int = 4000,
+    n_users: int = 2000,
+    n_items: int = 3000,
     dim: int = 16,
     mean_items: float = 30.0,
     popularity_exponent: float = 0.8,

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from kdtune import latency, pareto
+from kdtune.cli import UsageError
 from kdtune.data import Interactions, Split
 from kdtune.evaluate import evaluate
 from kdtune.losses import get_loss
@@ -104,6 +105,14 @@ def plain_baselines(split: Split, space: SearchSpace, k: int, seed: int, remote:
     return best.reset_index(drop=True)
 
 
+def search_latency(trials: pd.DataFrame, run: dict) -> dict[int, float]:
+    """Latency per dim as the search saw it: the benchmark actor's figures (measured before the trials,
+    teacher dim included), else the trials' own reports."""
+    out = {int(d): float(v) for d, v in trials.groupby("dim")["latency_ms"].median().items()}
+    out.update({int(d): float(v) for d, v in run.get("latency_prebench", {}).items()})
+    return out
+
+
 def _latency_columns(dim: int, catalog: int, k: int, device: str, threads: int) -> dict:
     prof = latency.profile(int(dim), catalog, k=k, device=device, threads=threads)
     return {"latency_ms": prof["latency_ms"], "latency_p95_ms": prof["latency_p95_ms"],
@@ -133,7 +142,10 @@ def export_run(
     trials.drop(columns=["checkpoint"], errors="ignore").to_csv(run_dir / "trials.csv", index=False)
     done = trials[trials["status"].eq("TERMINATED")] if len(trials) else trials
     if len(done) == 0 or recall not in done:
-        raise RuntimeError(f"no trial of {run['experiment_path']} finished; nothing to export")
+        errors = trials["error"].dropna().unique().tolist() if "error" in trials else []
+        hint = f" (first error: {errors[0]})" if errors else ""
+        raise UsageError(f"no trial of {run['experiment_path']} finished, nothing to export{hint}; "
+                         f"see {run_dir / 'trials.csv'}")
     front = pareto.pareto_front(done, objectives).copy()
 
     # Latency re-measured now, with no trial running, for the front and the baselines alike.
@@ -150,9 +162,15 @@ def export_run(
                        "params": teacher.n_params(), "bytes": teacher.n_bytes()}
         plain = plain_baselines(split, space, k, seed, remote, run.get("resources_per_trial", {"cpu": 1}))
         baselines = pd.concat([pd.DataFrame([teacher_row]), plain], ignore_index=True)
-        lat = pd.DataFrame([_latency_columns(d, **lat_kw) for d in baselines["dim"]])
-        baselines = pd.concat([baselines, lat], axis=1)
         baselines.to_csv(base_path, index=False)
+    # Latencies are not cached with the baselines' scores: every export measures them again.
+    baselines = baselines.drop(columns=[c for c in baselines if "latency" in c])
+    lat = pd.DataFrame([_latency_columns(d, **lat_kw) for d in baselines["dim"]])
+    baselines = pd.concat([baselines, lat.add_prefix("isolated_")], axis=1)
+    # On the search's latency axis (what the trials reported), so the plot compares like with like.
+    search_lat = search_latency(done, run)
+    baselines["latency_ms"] = [search_lat.get(int(d), iso) for d, iso in
+                               zip(baselines["dim"], baselines["isolated_latency_ms"], strict=True)]
 
     students_dir = run_dir / "students"
     students_dir.mkdir(exist_ok=True)
@@ -172,7 +190,7 @@ def export_run(
     front[f"plain_test_{ndcg}"] = front["dim"].map(plain_ndcg)
     front[f"gain_vs_plain_{ndcg}"] = front[f"test_{ndcg}"] - front[f"plain_test_{ndcg}"]
     front["size_vs_teacher"] = front["params"] / teacher_row["params"]
-    front["speedup_vs_teacher"] = teacher_row["latency_ms"] / front["isolated_latency_ms"]
+    front["speedup_vs_teacher"] = teacher_row["isolated_latency_ms"] / front["isolated_latency_ms"]
 
     front["loss_params"] = [
         json.dumps({c: r[c] for c in get_loss(r["loss"]).params if c in r and pd.notna(r[c])})
@@ -182,8 +200,8 @@ def export_run(
                f"test_{recall}", f"test_{ndcg}", f"plain_test_{ndcg}", f"gain_vs_plain_{ndcg}",
                "isolated_latency_ms", "isolated_latency_p95_ms", "latency_ms", "params", "size_vs_teacher",
                "speedup_vs_teacher", "best_epoch", "weights"]
-    base_columns = ["model", "dim", "lr", recall, ndcg, f"test_{recall}", f"test_{ndcg}", "latency_ms",
-                    "latency_p95_ms", "params"]
+    base_columns = ["model", "dim", "lr", recall, ndcg, f"test_{recall}", f"test_{ndcg}",
+                    "isolated_latency_ms", "isolated_latency_p95_ms", "latency_ms", "params"]
     paths = pareto.write_front(front[[c for c in columns if c in front]], run_dir, baselines=None)
     # Baselines keep their own columns: they were never trials.
     md = paths["md"].read_text() + "\n## Baselines (test split; latency in isolation)\n\n" + \
@@ -210,7 +228,7 @@ def export_run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kdtune.cli import DataArgs, UsageError, prepare_data, setup_logging
+    from kdtune.cli import DataArgs, prepare_data, setup_logging
     from kdtune.search import read_run, write_run
     from kdtune.space import load_space
     from kdtune.teacher import TeacherSettings, get_teacher

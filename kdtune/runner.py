@@ -101,8 +101,9 @@ def execute(
     t0 = time.perf_counter()
     bench = LatencyBench.options(num_gpus=0.01 if args.latency_device == "cuda" else 0).remote(
         catalog, k, args.latency_device, args.latency_threads)
-    dims = space.dims()
-    ray.get([bench.profile.remote(d) for d in dims])
+    dims = sorted(set(space.dims()) | {args.teacher_dim})
+    profiles = ray.get([bench.profile.remote(d) for d in dims])
+    run["latency_prebench"] = {str(d): p["latency_ms"] for d, p in zip(dims, profiles, strict=True)}
     timings["latency_prebench_s"] = round(time.perf_counter() - t0, 3)
 
     trial_settings = TrialSettings(k=k, seed=data_args.seed, cpus_per_trial=args.cpus_per_trial,

@@ -55,7 +55,7 @@ class SearchArgs:
     latency_device: str = arg("cpu", "device the serving latency is measured on", choices=["cpu", "cuda"])
     latency_threads: int = arg(1, "torch threads of the latency benchmark")
     teacher_dim: int = arg(64, "teacher embedding size")
-    teacher_epochs: int = arg(60, "teacher epoch budget (early stopping on validation)")
+    teacher_epochs: int = arg(150, "teacher epoch budget (early stopping on validation)")
 
 
 def parse(argv: list[str] | None) -> tuple[DataArgs, SearchArgs, str | None]:

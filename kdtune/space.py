@@ -51,7 +51,7 @@ import yaml
 
 __all__ = ["SpaceError", "Param", "SearchSpace", "load_space", "parse_space", "packaged_spaces"]
 
-TRAIN_DEFAULTS = {"epochs": 40, "patience": 5, "batch_size": 4096, "weight_decay": 0.01}
+TRAIN_DEFAULTS = {"epochs": 40, "patience": 5, "batch_size": 4096, "weight_decay": 0.1}
 """Trainer settings a trial config may carry (searched or fixed), with the values used when absent."""
 TRAIN_KEYS = tuple(TRAIN_DEFAULTS)
 MODEL_KEYS = ("dim", "loss", "lr", "alpha", "T")

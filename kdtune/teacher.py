@@ -27,15 +27,15 @@ class TeacherSettings:
 
     dim: int = 64
     """Embedding size of the teacher."""
-    epochs: int = 60
+    epochs: int = 150
     """Upper bound on training epochs (early stopping usually ends sooner)."""
     lr: float = 0.005
-    """Adam learning rate."""
-    weight_decay: float = 0.01
-    """BPR L2 penalty on the batch's embeddings."""
+    """AdamW learning rate."""
+    weight_decay: float = 0.2
+    """AdamW decoupled weight decay."""
     batch_size: int = 4096
     """BPR triplets per step."""
-    patience: int = 5
+    patience: int = 8
     """Epochs without a better validation NDCG@k before stopping."""
     topn: int = 100
     """Length of each user's cached teacher ranking (what rd/cd/rrd sample from)."""

@@ -393,7 +393,7 @@ def test_synthetic_deterministic(synth: Interactions) -> None:
         D.synthetic(n_users=200, n_items=300, seed=1).fingerprint()
     assert D.synthetic(n_users=200, n_items=300, seed=1).fingerprint() != \
         D.synthetic(n_users=200, n_items=300, seed=2).fingerprint()
-    assert 60_000 < synth.nnz < 120_000 and synth.n_items > 3500
+    assert 40_000 < synth.nnz < 80_000 and synth.n_items > 2500
 
 
 def test_synthetic_popularity_and_activity(synth: Interactions) -> None:

@@ -50,7 +50,7 @@ def _replace(old: str, new: str) -> str:
     return VALID.replace(old, new)
 
 
-@pytest.mark.parametrize("name", ["default", "smoke"])
+@pytest.mark.parametrize("name", ["default", "smoke", "fast"])
 def test_packaged_spaces_load_and_match_repo_copies(name: str) -> None:
     repo_copy = ROOT / "search_spaces" / f"{name}.yaml"
     packaged = ROOT / "kdtune" / "spaces" / f"{name}.yaml"
@@ -211,7 +211,7 @@ def _expected_keys(space: SearchSpace, loss: str) -> set[str]:
     return keys | {n for n, p in space.conditional.items() if loss in p.when.get("loss", (loss,))}
 
 
-@pytest.mark.parametrize("name", ["default", "smoke"])
+@pytest.mark.parametrize("name", ["default", "smoke", "fast"])
 def test_suggest_conditional_keys(name: str) -> None:
     space = load_space(name)
     study = optuna.create_study(
