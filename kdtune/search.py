@@ -244,6 +244,8 @@ def new_run(run_dir: Path, args: SearchArgs, argv, data_args: DataArgs, data, sp
 
 def cli() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # Each trial reports once with its checkpoint; Tune's "snapshotting often" warning is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     sys.exit(run_cli(main))
 
 
