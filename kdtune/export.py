@@ -218,6 +218,9 @@ def export_run(
     run["hypervolume"] = {"value": pareto.hypervolume(done, objectives, ref), "reference": ref,
                           "objectives": objectives, "split": "validation"}
     run["trial_counts"] = trials["status"].value_counts().to_dict()
+    ended = int(trials["status"].isin(["TERMINATED", "ERROR"]).sum())
+    # A run stopped early (Ctrl-C, a killed driver) exports what it has and says so; --resume finishes it.
+    run["status"] = "finished" if ended >= run["search"]["trials"] else "incomplete"
     run["front_size"] = len(front)
     table = (f"\nPareto front ({len(front)} of {len(done)} finished trials; test split, latency in isolation):\n\n"
              + front[[c for c in ["trial_id", "loss", "dim", f"test_{recall}", f"test_{ndcg}",

@@ -146,8 +146,10 @@ def execute(
     t0 = time.perf_counter()
     result = export.export_run(run_dir, run, data, split, knowledge, space, remote=True)
     timings["export_s"] = round(time.perf_counter() - t0, 3)
-    run["status"] = "finished"
-    run["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    run["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     write_run(run_dir, run)
     print(result.table, flush=True)
+    if run["status"] != "finished":
+        print(f"\nThe search stopped early ({run['trial_counts']}); continue it with: "
+              f"python -m kdtune.search --resume {run_dir}", flush=True)
     print(f"\nFiles in {run_dir}: {', '.join(sorted(p.name for p in result.files))}", flush=True)

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         run = read_run(run_dir)
         data_args = DataArgs(**run["data"])
         args = SearchArgs(**run["search"])
-        if run.get("status") == "finished":
+        if run.get("status") == "finished":  # "incomplete" and "running" runs can be resumed
             raise UsageError(f"{run_dir} already finished; export it with: python -m kdtune.export {run_dir}")
         validate(data_args, args)
         space = load_space(run["space_file"])
