@@ -86,12 +86,13 @@ def compute_topn(model: MF, seen: Interactions, n: int, batch_size: int = 1024) 
     """Each user's top-``n`` items by ``model``, best first, with ``seen`` items masked: int64 [users, n]."""
     n = min(n, model.n_items)
     out = torch.empty(model.n_users, n, dtype=torch.int64)
+    counts = seen.user_counts()
     for start in range(0, model.n_users, batch_size):
         users = torch.arange(start, min(start + batch_size, model.n_users))
         scores = model.full_scores(users)
         # Mask this batch's training items in one scatter over its CSR slice.
         lo, hi = int(seen.indptr[start]), int(seen.indptr[users[-1] + 1])
-        rows = torch.repeat_interleave(torch.arange(len(users)), seen.user_counts()[users])
+        rows = torch.repeat_interleave(torch.arange(len(users)), counts[users])
         scores[rows, seen.indices[lo:hi]] = -torch.inf
         out[start : start + len(users)] = torch.topk(scores, n, dim=1).indices
     return out
