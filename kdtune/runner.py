@@ -18,6 +18,7 @@ from kdtune.data import Interactions, Split
 from kdtune.space import SearchSpace
 from kdtune.teacher import TeacherKnowledge, TeacherSettings, cache_path, load_cached, save, train_teacher
 from kdtune.trainable import LatencyBench, TrialSettings, train_student
+from kdtune.tunestate import StateSnapshot, prepare_resume
 
 log = logging.getLogger("kdtune")
 
@@ -119,8 +120,10 @@ def execute(
     run["experiment_path"] = f"{storage.rstrip('/')}/{EXPERIMENT}"
     write_run(run_dir, run)
     t0 = time.perf_counter()
+    StateSnapshot.activate(run_dir)
     if resumed and tune.Tuner.can_restore(run["experiment_path"]):
         print(f"Resuming the search in {run['experiment_path']}", flush=True)
+        prepare_resume(run["experiment_path"], run_dir)
         tuner = tune.Tuner.restore(run["experiment_path"], trainable=trainable, resume_errored=False)
     else:
         concurrency = args.concurrency or default_concurrency(res)
@@ -137,6 +140,7 @@ def execute(
                 name=EXPERIMENT, storage_path=storage, verbose=1,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[StateSnapshot()],
             ),
         )
     tuner.fit()

@@ -21,6 +21,7 @@ from kdtune.teacher import TeacherKnowledge
 from kdtune.train import distill
 
 STUDENT_FILE = "student.pt"
+METRICS_FILE = "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,15 @@ def train_student(
     config: dict, knowledge: TeacherKnowledge, split: Split, bench, settings: TrialSettings
 ) -> None:
     """One trial: distil a student with ``config``, report validation metrics, latency and its weights."""
+    done = tune.get_checkpoint()
+    if done is not None:
+        # The trial had finished and saved its student when the driver stopped before recording it:
+        # report what it measured rather than train it again.
+        with tempfile.TemporaryDirectory() as tmp:
+            done.to_directory(tmp)
+            metrics = json.loads((Path(tmp) / METRICS_FILE).read_text())
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        return
     # A trial gets a share of the cores: more threads than that would fight the neighbouring trials.
     torch.set_num_threads(max(1, int(settings.cpus_per_trial)))
     gpu_ids = ray.get_gpu_ids()
@@ -96,6 +106,7 @@ def train_student(
     }
     with tempfile.TemporaryDirectory() as tmp:
         save_student(student, Path(tmp))
+        (Path(tmp) / METRICS_FILE).write_text(json.dumps(metrics))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
