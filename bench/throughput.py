@@ -1,12 +1,14 @@
 """BPR and distillation training throughput (triplets/s) against a per-sample DataLoader loop.
 
-    python bench/throughput.py [--data PATH] [--dims 8 16 32 64] [--repeats 5]
+    python bench/throughput.py [--data PATH] [--dims 8 16 32 64] [--repeats 5] [--optimizers dense lazy]
 
 The baseline is the loop kdtune replaces: a ``Dataset.__getitem__`` that returns one (user, pos, neg)
 triplet, drawing the negative with Python's ``random`` until it is not a positive, batched by a
 ``DataLoader`` and trained with the same MF, BPR loss and Adam. Both run in this process on the same
 data; each figure is the median of ``--repeats`` timed runs, and the ratio is taken per repeat (the
-machine's speed drifts, a ratio of neighbours drifts much less).
+machine's speed drifts, a ratio of neighbours drifts much less). ``--optimizers`` times kdtune's step
+with each of ``kdtune.train.OPTIMIZERS`` (dense AdamW, the default, and row-sparse lazy AdamW); the
+end-of-epoch sync of the lazy optimiser is inside the timed region.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from kdtune.losses import get_loss  # noqa: E402
 from kdtune.models import MF  # noqa: E402
 from kdtune.sampling import BPRSampler  # noqa: E402
 from kdtune.teacher import compute_topn  # noqa: E402
-from kdtune.train import make_optimizer, make_step, train_epoch  # noqa: E402
+from kdtune.train import OPTIMIZERS, make_optimizer, make_step, train_epoch  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/citeulike-a/users.dat"
 
@@ -70,19 +72,19 @@ def time_baseline(train: Interactions, dim: int, batch_size: int, batches: int) 
     return n / (time.perf_counter() - t0)
 
 
-def time_kdtune(train, dim, batch_size, batches, loss="bpr", teacher=None, topn=None) -> float:
+def time_kdtune(train, dim, batch_size, batches, loss="bpr", teacher=None, topn=None, optimizer="lazy") -> float:
     spec = get_loss(loss)
     model = MF(train.n_users, train.n_items, dim, seed=0)
     gen = torch.Generator().manual_seed(0)
     extra = spec.make_extra(dim, teacher.dim, **spec.params) if spec.make_extra is not None else None
-    params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
-    opt = make_optimizer(params, 0.01, 0.1)
+    opt = make_optimizer(model, extra, 0.01, 0.1, optimizer)
     kwargs = {"alpha": 0.5, **spec.params, **({"T": 2.0} if spec.uses_temperature else {})}
     step = make_step(model, spec, kwargs, opt, teacher, topn, gen, extra)
     sampler = BPRSampler(train, batch_size=batch_size, generator=gen)
     train_epoch(model, sampler, step, max_batches=2)  # warm-up
     t0 = time.perf_counter()
     _, n = train_epoch(model, sampler, step, max_batches=batches)
+    opt.close()  # counted: at the end of an epoch the pending weight decay is applied to every row
     return n / (time.perf_counter() - t0)
 
 
@@ -96,6 +98,7 @@ def main() -> None:
     p.add_argument("--baseline-batches", type=int, default=2, help="timed batches per baseline run")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--optimizers", nargs="+", default=["dense"], choices=OPTIMIZERS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = load(args.data)
@@ -104,18 +107,23 @@ def main() -> None:
     teacher = MF(data.n_users, data.n_items, 64, seed=1).eval().requires_grad_(False)
     topn = compute_topn(teacher, parts.train, 100)
 
-    print(f"\n{'dim':>4} {'loss':>9} {'kdtune triplets/s':>18} {'baseline triplets/s':>20} {'ratio':>7}")
+    print(f"\n{'dim':>4} {'loss':>9} {'optimizer':>9} {'kdtune triplets/s':>18} {'baseline triplets/s':>20} "
+          f"{'ratio':>7}")
     for dim in args.dims:
         for loss in args.losses:
-            ours, base, ratios = [], [], []
+            ours: dict[str, list[float]] = {o: [] for o in args.optimizers}
+            ratios: dict[str, list[float]] = {o: [] for o in args.optimizers}
+            base = []
             for _ in range(args.repeats):
-                o = time_kdtune(parts.train, dim, args.batch_size, args.batches, loss, teacher, topn)
                 b = time_baseline(parts.train, dim, args.batch_size, args.baseline_batches)
-                ours.append(o)
                 base.append(b)
-                ratios.append(o / b)
-            print(f"{dim:>4} {loss:>9} {statistics.median(ours):>18,.0f} {statistics.median(base):>20,.0f} "
-                  f"{statistics.median(ratios):>6.1f}x", flush=True)
+                for optimizer in args.optimizers:
+                    o = time_kdtune(parts.train, dim, args.batch_size, args.batches, loss, teacher, topn, optimizer)
+                    ours[optimizer].append(o)
+                    ratios[optimizer].append(o / b)
+            for optimizer in args.optimizers:
+                print(f"{dim:>4} {loss:>9} {optimizer:>9} {statistics.median(ours[optimizer]):>18,.0f} "
+                      f"{statistics.median(base):>20,.0f} {statistics.median(ratios[optimizer]):>6.1f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     from kdtune.cli import DataArgs, prepare_data, setup_logging
     from kdtune.search import read_run, write_run
     from kdtune.space import load_space
-    from kdtune.teacher import TeacherSettings, get_teacher
+    from kdtune.teacher import get_teacher, settings_from_record
 
     parser = argparse.ArgumentParser(prog="python -m kdtune.export", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run directory written by python -m kdtune.search")
@@ -249,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if split.fingerprint() != run.get("split_fingerprint"):
         raise UsageError(f"the data of {run_dir} changed since the run (fingerprint differs)")
     space = load_space(run["space_file"])
-    settings = TeacherSettings(dim=run["search"]["teacher_dim"], epochs=run["search"]["teacher_epochs"],
-                               k=data_args.k, seed=data_args.seed)
+    settings = settings_from_record(run["teacher"]["settings"])
     knowledge = get_teacher(split, settings, cache_dir=data_args.cache_dir)
     result = export_run(run_dir, run, data, split, knowledge, space, remote=False)
     write_run(run_dir, run)

@@ -411,8 +411,8 @@ def de_loss(
         )
     items = torch.cat([ctx.pos, ctx.neg])
     with torch.no_grad():
-        t_user, t_item = ctx.teacher.user_emb(ctx.users), ctx.teacher.item_emb(items)
-    s_user, s_item = ctx.student.user_emb(ctx.users), ctx.student.item_emb(items)
+        t_user, t_item = ctx.teacher.user_vectors(ctx.users), ctx.teacher.item_vectors(items)
+    s_user, s_item = ctx.student.user_vectors(ctx.users), ctx.student.item_vectors(items)
     soft = de_term(ex.user(s_user, t_user, de_tau, ctx.generator), t_user) + de_term(
         ex.item(s_item, t_item, de_tau, ctx.generator), t_item
     )

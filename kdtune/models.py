@@ -5,10 +5,38 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdtune.optim import gather_rows as _gather
 
-def _gather(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Rows ``table[idx]`` for an index tensor of any shape."""
-    return table.index_select(0, idx.reshape(-1)).view(*idx.shape, table.shape[1])
+
+class _RowDot(torch.autograd.Function):
+    """``out[b, j] = <p[b], q[b, j]>`` for ``p`` ``[B, d]`` and ``q`` ``[B, n, d]``, with a hand-written backward.
+
+    Autograd's version of the broadcast product ``(p.unsqueeze(1) * q).sum(-1)`` multiplies expanded
+    (stride-0) tensors in backward and then reduces one of them, and a batched matmul's autograd runs
+    two more small-matrix bmm's; this backward does one broadcast product for ``q``'s gradient and, for a
+    few items per user, a running ``addcmul`` for ``p``'s: ~1.6x faster fwd+bwd at n = 2 and ~2.4x at
+    n = 62 (rrd) on one CPU thread, dim 64.
+    """
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(p, q)
+        return torch.bmm(q, p.unsqueeze(2)).squeeze(2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        p, q = ctx.saved_tensors
+        grad_p = grad_q = None
+        if ctx.needs_input_grad[0]:
+            if q.shape[1] <= 4:
+                grad_p = q[:, 0] * grad[:, 0:1]
+                for j in range(1, q.shape[1]):
+                    grad_p.addcmul_(q[:, j], grad[:, j : j + 1])
+            else:
+                grad_p = torch.bmm(grad.unsqueeze(1), q).squeeze(1)
+        if ctx.needs_input_grad[1]:
+            grad_q = grad.unsqueeze(2) * p.unsqueeze(1)
+        return grad_p, grad_q
 
 
 class MF(nn.Module):
@@ -40,23 +68,30 @@ class MF(nn.Module):
         ``users`` is ``[B]``; ``items`` is ``[B]`` (one item per user -> ``[B]``) or ``[B, n]``
         (n items per user -> ``[B, n]``).
         """
-        # index_select rather than nn.Embedding's forward: its backward (index_add) is several times
-        # faster on CPU than the embedding's dense backward, and deterministic, unlike plain indexing's.
+        # gather_rows rather than nn.Embedding's forward: a LazyAdamW then gets row gradients instead of
+        # dense table-sized ones; otherwise it is index_select, whose backward is several times faster on
+        # CPU than the embedding's and deterministic, unlike plain indexing's.
         p = _gather(self.user_emb.weight, users)
         q = _gather(self.item_emb.weight, items)
         bu = _gather(self.user_bias.weight, users).squeeze(-1)
         bi = _gather(self.item_bias.weight, items).squeeze(-1)
         if items.dim() == 1:
             return (p * q).sum(-1) + bu + bi
-        if items.shape[1] <= 16:
-            # A few items per user (pos/neg pairs): a broadcast product beats a batched matmul of
-            # 1-row matrices by ~5x on CPU, forward and backward.
-            dots = (p.unsqueeze(1) * q).sum(-1)
-        else:
-            dots = torch.bmm(q, p.unsqueeze(2)).squeeze(2)
-        return dots + bu.unsqueeze(1) + bi
+        return _RowDot.apply(p, q) + bu.unsqueeze(1) + bi
 
     score = forward
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        """Embeddings of ``users`` (read like ``forward`` does, so a training optimiser sees the read)."""
+        return _gather(self.user_emb.weight, users)
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """Embeddings of ``items`` (read like ``forward`` does)."""
+        return _gather(self.item_emb.weight, items)
+
+    def row_tables(self) -> list[nn.Parameter]:
+        """The tables that training reads row by row (through ``forward`` / ``*_vectors`` only)."""
+        return [self.user_emb.weight, self.item_emb.weight, self.user_bias.weight, self.item_bias.weight]
 
     def full_scores(self, users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of every item for each of ``users``: ``[B, n_items]`` (written into ``out`` if given)."""

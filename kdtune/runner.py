@@ -16,7 +16,15 @@ from kdtune import export
 from kdtune.cli import DataArgs, UsageError
 from kdtune.data import Interactions, Split
 from kdtune.space import SearchSpace
-from kdtune.teacher import TeacherKnowledge, TeacherSettings, cache_path, load_cached, save, train_teacher
+from kdtune.teacher import (
+    TeacherKnowledge,
+    TeacherSettings,
+    cache_path,
+    load_cached,
+    save,
+    settings_from_record,
+    train_teacher,
+)
 from kdtune.trainable import LatencyBench, TrialSettings, train_student
 from kdtune.tunestate import StateSnapshot, prepare_resume
 
@@ -90,7 +98,10 @@ def execute(
 
     t0 = time.perf_counter()
     split_ref = ray.put(split)
-    settings = TeacherSettings(dim=args.teacher_dim, epochs=args.teacher_epochs, k=k, seed=data_args.seed)
+    if "teacher" in run:  # a resumed run keeps the teacher it started with, whatever today's defaults
+        settings = settings_from_record(run["teacher"]["settings"])
+    else:
+        settings = TeacherSettings(dim=args.teacher_dim, epochs=args.teacher_epochs, k=k, seed=data_args.seed)
     knowledge = teacher_once(split_ref, split, settings, data_args.cache_dir)
     timings["teacher_s"] = round(time.perf_counter() - t0, 3)
     run["teacher"] = knowledge.summary()

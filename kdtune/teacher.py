@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -28,11 +28,15 @@ class TeacherSettings:
     dim: int = 64
     """Embedding size of the teacher."""
     epochs: int = 150
-    """Upper bound on training epochs (early stopping usually ends sooner)."""
+    """Epoch budget: the length of the cosine schedule, and an upper bound (early stopping may end sooner)."""
     lr: float = 0.005
-    """AdamW learning rate."""
+    """AdamW learning rate (at the start of the schedule)."""
     weight_decay: float = 0.2
     """AdamW decoupled weight decay."""
+    lr_schedule: str = "cosine"
+    """``cosine`` (from ``lr`` down towards 0 over ``epochs``) or ``constant``."""
+    optimizer: str = "dense"
+    """``dense`` AdamW or row-sparse ``lazy`` AdamW (see ``kdtune.train.make_optimizer``)."""
     batch_size: int = 4096
     """BPR triplets per step."""
     patience: int = 8
@@ -43,6 +47,17 @@ class TeacherSettings:
     """K of the validation NDCG@K used for early stopping."""
     seed: int = 0
     """Seed of initialisation and sampling."""
+
+
+# Settings added after teachers were first cached, with the behaviour from before they existed: at
+# these values they stay out of the cache key, so that older cache entries and runs keep their teacher.
+LEGACY_SETTINGS = {"lr_schedule": "constant", "optimizer": "dense"}
+
+
+def settings_from_record(record: dict) -> TeacherSettings:
+    """The settings a run recorded (``run.json`` → ``teacher.settings``), older records included."""
+    known = {f.name for f in fields(TeacherSettings)}
+    return TeacherSettings(**{**LEGACY_SETTINGS, **{k: v for k, v in record.items() if k in known}})
 
 
 @dataclass
@@ -98,9 +113,13 @@ def compute_topn(model: MF, seen: Interactions, n: int, batch_size: int = 1024) 
     return out
 
 
+def key_settings(settings: TeacherSettings) -> dict:
+    return {k: v for k, v in asdict(settings).items() if not (k in LEGACY_SETTINGS and v == LEGACY_SETTINGS[k])}
+
+
 def cache_key(split: Split, settings: TeacherSettings) -> str:
     payload = json.dumps(
-        {"format": CACHE_FORMAT, "split": split.fingerprint(), "settings": asdict(settings)}, sort_keys=True
+        {"format": CACHE_FORMAT, "split": split.fingerprint(), "settings": key_settings(settings)}, sort_keys=True
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
@@ -114,7 +133,8 @@ def train_teacher(
     model = MF(split.train.n_users, split.train.n_items, settings.dim, seed=settings.seed)
     result = fit(
         model, split.train, split.valid, loss="bpr", epochs=settings.epochs, batch_size=settings.batch_size,
-        lr=settings.lr, weight_decay=settings.weight_decay, patience=settings.patience, k=settings.k,
+        lr=settings.lr, weight_decay=settings.weight_decay, lr_schedule=settings.lr_schedule,
+        optimizer=settings.optimizer, patience=settings.patience, k=settings.k,
         seed=settings.seed, progress=progress, desc=f"teacher dim={settings.dim}", device=device,
     )
     model.cpu()

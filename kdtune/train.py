@@ -15,6 +15,7 @@ from kdtune.data import Interactions
 from kdtune.evaluate import evaluate
 from kdtune.losses import KDContext, LossDef, get_loss
 from kdtune.models import MF
+from kdtune.optim import TableAdamW
 from kdtune.sampling import BPRSampler
 
 
@@ -41,27 +42,52 @@ class FitResult:
         return self.triplets / self.seconds if self.seconds > 0 else float("nan")
 
 
+OPTIMIZERS = ("dense", "lazy")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
+    """Learning rate of ``epoch`` (1-based) of ``epochs``: ``constant``, or ``cosine`` (from ``lr`` at
+    epoch 1 down towards 0 at ``epochs + 1``, one value per epoch)."""
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
+    raise ValueError(f"unknown lr schedule {schedule!r}; known: {', '.join(LR_SCHEDULES)}")
+
+
 def make_optimizer(
-    params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0
-) -> torch.optim.Optimizer:
-    """Dense AdamW, fused into one kernel where this torch build supports it (about 2x faster a step on
-    CPU than the multi-tensor version for MF tables).
+    model: MF,
+    extra: torch.nn.Module | None,
+    lr: float,
+    weight_decay: float = 0.0,
+    optimizer: str = "dense",
+) -> TableAdamW:
+    """AdamW for ``model`` (and a loss's ``extra`` module), see :mod:`kdtune.optim`.
+
+    ``dense`` (default): exactly torch's fused AdamW on every parameter; the model's tables receive
+    their gradient as rows, accumulated into a buffer kept across steps. ``lazy``: row-sparse steps on the
+    model's tables (lazy Adam with exact decoupled decay of every row; a step costs the rows the batch
+    touched) and torch's fused AdamW for ``extra``. Lazy pays off only for large tables a batch barely
+    touches; on CiteULike-a it was slower and trained a worse teacher (BENCHMARKS.md).
 
     Decoupled weight decay shrinks every row a little at every step, so rows that the data rarely
     supports (long-tail items, quiet users) stay small; on CiteULike-a it beat the usual per-batch L2
     penalty on the batch's embeddings for the teacher (see BENCHMARKS.md).
     """
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    dense = list(extra.parameters()) if extra is not None else []
+    if optimizer == "lazy":
+        return TableAdamW(model.row_tables(), dense, lr=lr, weight_decay=weight_decay)
+    if optimizer == "dense":
+        return TableAdamW(model.row_tables(), dense, lr=lr, weight_decay=weight_decay, lazy=False)
+    raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
 
 
 def make_step(
     model: MF,
     spec: LossDef,
     kwargs: dict,
-    opt: torch.optim.Optimizer,
+    opt: TableAdamW,
     teacher: MF | None,
     topn: torch.Tensor | None,
     gen: torch.Generator,
@@ -115,6 +141,8 @@ def fit(
     batch_size: int = 4096,
     lr: float = 0.01,
     weight_decay: float = 0.0,
+    optimizer: str = "dense",
+    lr_schedule: str = "constant",
     patience: int = 5,
     k: int = 20,
     seed: int = 0,
@@ -125,10 +153,11 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place with ``loss`` and keep its best state by validation NDCG@k.
 
-    ``weight_decay`` is AdamW's decoupled decay of every parameter (see ``make_optimizer``). Early
-    stopping: after ``patience`` epochs without a better validation NDCG@k the loop stops and the best
-    epoch's weights are restored. Deterministic for a given ``seed`` on CPU. ``device`` moves the model (and teacher) there; it stays there afterwards.
-    Raises ``DivergedError`` on a NaN/inf loss.
+    ``weight_decay`` is AdamW's decoupled decay of every parameter; ``optimizer`` is ``lazy`` (row-sparse
+    steps on the model's tables) or ``dense`` (see ``make_optimizer``). Early stopping: after
+    ``patience`` epochs without a better validation NDCG@k the loop stops and the best epoch's weights
+    are restored. Deterministic for a given ``seed`` on CPU. ``device`` moves the model (and teacher)
+    there; it stays there afterwards. Raises ``DivergedError`` on a NaN/inf loss.
     """
     spec = get_loss(loss)
     params = {**spec.params, **(loss_params or {})}
@@ -147,8 +176,8 @@ def fit(
     extra = spec.make_extra(model.dim, teacher.dim, **params) if spec.make_extra is not None else None
     if extra is not None:
         extra.to(device)
-    trainable = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
-    opt = make_optimizer(trainable, lr, weight_decay)
+    scheduled_lr(lr, lr_schedule, 1, epochs)  # an unknown schedule fails before any work
+    opt = make_optimizer(model, extra, lr, weight_decay, optimizer)
     sampler = BPRSampler(train, batch_size=batch_size, generator=gen, device=device)
     metric = f"ndcg@{k}"
     kwargs = {"alpha": alpha, **params}
@@ -162,29 +191,33 @@ def fit(
     history: list[dict] = []
     triplets, train_seconds, stopped_early = 0, 0.0, False
     bar = tqdm(total=epochs, desc=desc, disable=not progress, leave=False, unit="epoch")
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        try:
-            total, n = train_epoch(model, sampler, step)
-        except DivergedError as exc:
-            bar.close()
-            raise DivergedError(f"{desc}: {exc} in epoch {epoch}") from None
-        train_seconds += time.perf_counter() - t0
-        triplets += n
-        metrics = evaluate(model, train, valid, ks=(k,))
-        row = {"epoch": epoch, "loss": total / max(n, 1), **metrics}
-        history.append(row)
-        if metrics[metric] > best_score:
-            best_score, best_epoch, best_metrics = metrics[metric], epoch, metrics
-            best_state = copy.deepcopy(model.state_dict())
-        bar.update(1)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", **{metric: f"{metrics[metric]:.4f}"})
-        if on_epoch is not None:
-            on_epoch(row)
-        if epoch - best_epoch >= patience:
-            stopped_early = True
-            break
-    bar.close()
+    try:
+        for epoch in range(1, epochs + 1):
+            opt.set_lr(scheduled_lr(lr, lr_schedule, epoch, epochs))
+            t0 = time.perf_counter()
+            try:
+                total, n = train_epoch(model, sampler, step)
+            except DivergedError as exc:
+                raise DivergedError(f"{desc}: {exc} in epoch {epoch}") from None
+            opt.sync()  # the tables hold the parameters' values again (pending weight decay applied)
+            train_seconds += time.perf_counter() - t0
+            triplets += n
+            metrics = evaluate(model, train, valid, ks=(k,))
+            row = {"epoch": epoch, "loss": total / max(n, 1), **metrics}
+            history.append(row)
+            if metrics[metric] > best_score:
+                best_score, best_epoch, best_metrics = metrics[metric], epoch, metrics
+                best_state = copy.deepcopy(model.state_dict())
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", **{metric: f"{metrics[metric]:.4f}"})
+            if on_epoch is not None:
+                on_epoch(row)
+            if epoch - best_epoch >= patience:
+                stopped_early = True
+                break
+    finally:
+        bar.close()
+        opt.close()
     model.load_state_dict(best_state)
     model.eval()
     return FitResult(

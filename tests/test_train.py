@@ -1,3 +1,6 @@
+import dataclasses
+import hashlib
+import json
 import math
 
 import pytest
@@ -6,7 +9,14 @@ import torch
 from kdtune.data import split, synthetic
 from kdtune.evaluate import Popularity, evaluate
 from kdtune.models import MF
-from kdtune.teacher import TeacherSettings, compute_topn, get_teacher
+from kdtune.teacher import (
+    CACHE_FORMAT,
+    TeacherSettings,
+    cache_key,
+    compute_topn,
+    get_teacher,
+    settings_from_record,
+)
 from kdtune.train import DivergedError, distill, fit
 
 
@@ -17,7 +27,7 @@ def parts():
 
 @pytest.fixture(scope="module")
 def teacher(parts, tmp_path_factory):
-    settings = TeacherSettings(dim=32, epochs=15, lr=0.01, patience=3)
+    settings = TeacherSettings(dim=32, epochs=15, lr=0.01, patience=3, lr_schedule="constant")
     return get_teacher(parts, settings, cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
 
 
@@ -56,6 +66,20 @@ def test_teacher_cache_hit_trains_nothing(parts, teacher, tmp_path_factory, monk
         assert torch.equal(value, second.state[name])
 
 
+def test_settings_added_later_keep_older_teachers_and_runs_valid(parts):
+    # A run recorded before lr_schedule/optimizer existed trained with a constant rate and dense AdamW:
+    # its record must rebuild exactly that, under the cache key it had then.
+    old = {"dim": 64, "epochs": 150, "lr": 0.005, "weight_decay": 0.2, "batch_size": 4096, "patience": 8,
+           "topn": 100, "k": 20, "seed": 0}
+    settings = settings_from_record(old)
+    assert (settings.lr_schedule, settings.optimizer) == ("constant", "dense")
+    payload = json.dumps({"format": CACHE_FORMAT, "split": parts.fingerprint(), "settings": old}, sort_keys=True)
+    assert cache_key(parts, settings) == hashlib.sha256(payload.encode()).hexdigest()[:20]
+    # Today's defaults are another teacher, and a recorded new-style run round-trips.
+    assert cache_key(parts, TeacherSettings()) != cache_key(parts, settings)
+    assert settings_from_record(dataclasses.asdict(TeacherSettings())) == TeacherSettings()
+
+
 def test_topn_masks_training_items_and_is_sorted(parts, teacher):
     model = teacher.model()
     topn = compute_topn(model, parts.train, 30, batch_size=64)
@@ -66,11 +90,13 @@ def test_topn_masks_training_items_and_is_sorted(parts, teacher):
         assert torch.all(scores[:-1] >= scores[1:])
 
 
-def test_fit_is_deterministic_and_restores_best(parts):
+@pytest.mark.parametrize("optimizer", ["dense", "lazy"])
+def test_fit_is_deterministic_and_restores_best(parts, optimizer):
     results = []
     for _ in range(2):
         model = MF(parts.train.n_users, parts.train.n_items, 8, seed=1)
-        res = fit(model, parts.train, parts.valid, epochs=4, lr=0.02, seed=3, patience=10)
+        res = fit(model, parts.train, parts.valid, epochs=4, lr=0.02, weight_decay=0.1, seed=3, patience=10,
+                  optimizer=optimizer, lr_schedule="cosine")
         results.append((res, model.state_dict()))
     (a, sa), (b, sb) = results
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
@@ -107,6 +133,28 @@ def test_every_loss_distils_a_working_student(parts, teacher, loss):
         assert torch.equal(value, teacher.state[name])
 
 
+@pytest.mark.parametrize("loss", ["rrd", "de"])
+def test_lazy_optimizer_distils_and_leaves_plain_parameters(parts, teacher, loss):
+    student, res = distill(teacher.model(), teacher.topn, parts.train, parts.valid, 8, loss,
+                           epochs=2, lr=0.02, weight_decay=0.1, optimizer="lazy")
+    assert math.isfinite(res.best_score) and res.best_score > 0
+    # training is over: the tables are plain parameters again (no optimiser hooks left on them)
+    assert all(not hasattr(p, "_kdtune_rows") for p in student.parameters())
+    student(torch.tensor([0]), torch.tensor([[1, 2]])).sum().backward()
+    assert student.item_emb.weight.grad is not None
+
+
 def test_distilling_needs_a_teacher(parts):
     with pytest.raises(ValueError, match="teacher"):
         distill(None, None, parts.train, parts.valid, 4, "rd", epochs=1)
+
+
+@pytest.mark.parametrize("n_items", [1, 2, 4, 5, 30])
+def test_row_dot_gradients_match_finite_differences(n_items):
+    from kdtune.models import _RowDot
+
+    gen = torch.Generator().manual_seed(n_items)
+    p = torch.randn(3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    q = torch.randn(3, n_items, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.allclose(_RowDot.apply(p, q), (p.unsqueeze(1) * q).sum(-1))
+    assert torch.autograd.gradcheck(_RowDot.apply, (p, q))
