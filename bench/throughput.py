@@ -94,7 +94,8 @@ def main() -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--losses", nargs="+", default=["bpr", "mse_diff", "soft_bce", "rd", "cd", "rrd", "de"])
     p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--batches", type=int, default=20, help="timed batches per kdtune run")
+    p.add_argument("--batches", type=int, default=None,
+                   help="timed batches per kdtune run (default: one whole epoch, as training runs it)")
     p.add_argument("--baseline-batches", type=int, default=2, help="timed batches per baseline run")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)

@@ -1,4 +1,4 @@
-"""Vectorised BPR triplets: one tensor draw per batch, negatives never a training positive of their user."""
+"""Vectorised BPR triplets: tensor draws for many batches at once, negatives never a training positive of their user."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from kdtune.data import Interactions
 # Above this many (user, item) cells the dense bitmap of training pairs would cost too much memory
 # (1 byte a cell); a sorted-key search is used instead (about 2x slower, see DESIGN.md).
 MAX_BITMAP_CELLS = 400_000_000
+# Triplets drawn at once by BPRSampler.epoch (a few MB of int64).
+CHUNK_TRIPLETS = 262_144
 
 
 class PositiveSet:
@@ -82,11 +84,19 @@ class BPRSampler:
         return neg, ~bad
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        # Triplets are drawn for many batches at once (about CHUNK_TRIPLETS, whole batches): the same
+        # tensor ops on longer tensors, so the per-batch overhead of a dozen small ops is paid once a chunk.
         perm = torch.randperm(self.train.nnz, generator=self.gen, device=self.device)
-        for start in range(0, self.train.nnz, self.batch_size):
-            idx = perm[start : start + self.batch_size]
-            users, pos = self.users_all[idx], self.items_all[idx]
-            neg, keep = self.negatives(users)
-            if not bool(keep.all()):
-                users, pos, neg = users[keep], pos[keep], neg[keep]
-            yield users, pos, neg
+        chunk = self.batch_size * max(1, CHUNK_TRIPLETS // self.batch_size)
+        for c0 in range(0, self.train.nnz, chunk):
+            idx = perm[c0 : c0 + chunk]
+            users_c, pos_c = self.users_all[idx], self.items_all[idx]
+            neg_c, keep_c = self.negatives(users_c)
+            all_kept = bool(keep_c.all())
+            for start in range(0, idx.numel(), self.batch_size):
+                end = start + self.batch_size
+                users, pos, neg = users_c[start:end], pos_c[start:end], neg_c[start:end]
+                if not all_kept:
+                    keep = keep_c[start:end]
+                    users, pos, neg = users[keep], pos[keep], neg[keep]
+                yield users, pos, neg
