@@ -72,7 +72,7 @@ def time_baseline(train: Interactions, dim: int, batch_size: int, batches: int) 
     return n / (time.perf_counter() - t0)
 
 
-def time_kdtune(train, dim, batch_size, batches, loss="bpr", teacher=None, topn=None, optimizer="lazy") -> float:
+def time_kdtune(train, dim, batch_size, batches, loss="bpr", teacher=None, topn=None, optimizer="dense") -> float:
     spec = get_loss(loss)
     model = MF(train.n_users, train.n_items, dim, seed=0)
     gen = torch.Generator().manual_seed(0)

@@ -75,12 +75,10 @@ def make_optimizer(
     supports (long-tail items, quiet users) stay small; on CiteULike-a it beat the usual per-batch L2
     penalty on the batch's embeddings for the teacher (see BENCHMARKS.md).
     """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
     dense = list(extra.parameters()) if extra is not None else []
-    if optimizer == "lazy":
-        return TableAdamW(model.row_tables(), dense, lr=lr, weight_decay=weight_decay)
-    if optimizer == "dense":
-        return TableAdamW(model.row_tables(), dense, lr=lr, weight_decay=weight_decay, lazy=False)
-    raise ValueError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+    return TableAdamW(model.row_tables(), dense, lr=lr, weight_decay=weight_decay, lazy=optimizer == "lazy")
 
 
 def make_step(

@@ -72,12 +72,14 @@ def train_student(
     done = tune.get_checkpoint()
     if done is not None:
         # The trial had finished and saved its student when the driver stopped before recording it:
-        # report what it measured rather than train it again.
+        # report what it measured rather than train it again (checkpoints without the metrics file,
+        # from older versions, are trained again).
         with tempfile.TemporaryDirectory() as tmp:
             done.to_directory(tmp)
-            metrics = json.loads((Path(tmp) / METRICS_FILE).read_text())
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-        return
+            saved = Path(tmp) / METRICS_FILE
+            if saved.is_file():
+                tune.report(json.loads(saved.read_text()), checkpoint=tune.Checkpoint.from_directory(tmp))
+                return
     # A trial gets a share of the cores: more threads than that would fight the neighbouring trials.
     torch.set_num_threads(max(1, int(settings.cpus_per_trial)))
     gpu_ids = ray.get_gpu_ids()

@@ -117,14 +117,15 @@ def read_snapshot(path: Path) -> dict[str, bytes] | None:
     return files
 
 
-def _newest(fs: pyarrow.fs.FileSystem, root: str) -> dict[str, str]:
+def _newest(fs: pyarrow.fs.FileSystem, root: str) -> list[str]:
+    """The newest file name of each pattern (the one Tune restores from)."""
     names = [info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(root))]
-    newest = {}
+    newest = []
     for pattern in PATTERNS:
         prefix, suffix = pattern.split("*")
-        found = sorted(n for n in names if n.startswith(prefix) and n.endswith(suffix))
+        found = [n for n in names if n.startswith(prefix) and n.endswith(suffix)]
         if found:
-            newest[pattern] = found[-1]
+            newest.append(max(found))
     return newest
 
 
@@ -145,7 +146,7 @@ def prepare_resume(experiment_path: str, run_dir: Path) -> None:
                 out.write(data)
             fs.move(tmp, f"{root}/{name}")
         log.info("search state restored from %s (%s)", Path(run_dir) / SNAPSHOT, ", ".join(sorted(snapshot)))
-    for name in _newest(fs, root).values():
+    for name in _newest(fs, root):
         with fs.open_input_stream(f"{root}/{name}") as f:
             data = f.readall()
         if not intact(data):
