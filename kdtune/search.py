@@ -168,7 +168,8 @@ def start_ray(args: SearchArgs) -> bool:
         if args.address:
             ctx = ray.init(address=args.address, **kw)
         else:
-            ctx = ray.init(include_dashboard=True, dashboard_host=args.dashboard_host,
+            # address="local": always a Ray of our own, never whatever cluster an old session recorded
+            ctx = ray.init(address="local", include_dashboard=True, dashboard_host=args.dashboard_host,
                            dashboard_port=args.dashboard_port, **kw)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = args.address or "a local Ray"
