@@ -31,6 +31,7 @@ def evaluate(
     ks: Sequence[int] = (20,),
     batch_size: int = 1024,
     device: torch.device | str | None = None,
+    users: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Full-ranking top-K metrics of ``model`` on ``test``, averaged over users with test items.
 
@@ -44,6 +45,9 @@ def evaluate(
         ks: cut-offs; one ``topk`` at ``max(ks)`` serves them all.
         batch_size: users scored at once (memory is ``~batch_size * n_items * 5`` bytes).
         device: where scores are computed; defaults to the model's device (the model is not moved).
+        users: evaluate only these users (those of them with test items); default all users. A fixed
+            sample makes a cheap, comparable signal (early stopping, a scheduler's rungs); the published
+            figures are over all users.
 
     Returns:
         ``{"recall@K", "ndcg@K", "hr@K", "mrr@K"}`` for each K, plus ``"n_users"``, the number of users
@@ -80,7 +84,12 @@ def evaluate(
     dev = torch.device(device) if device is not None else _device_of(model)
 
     test_counts = test.user_counts()
-    users_all = torch.nonzero(test_counts > 0).flatten().to(dev)
+    has_test = test_counts > 0
+    if users is not None:
+        chosen = torch.zeros(n_users, dtype=torch.bool)
+        chosen[users.cpu().long()] = True
+        has_test &= chosen
+    users_all = torch.nonzero(has_test).flatten().to(dev)
     n_eval = int(users_all.numel())
     out: dict[str, float] = {}
     if n_eval == 0:
@@ -211,3 +220,16 @@ class Popularity(nn.Module):
             return self.counts.expand(shape).clone()
         out.copy_(self.counts.expand(shape))
         return out
+
+
+def sample_users(test: Interactions, n: int | None, seed: int = 0) -> torch.Tensor | None:
+    """A fixed, seeded sample of ``n`` users that have test items (sorted ids), or ``None`` for all of them.
+
+    The same ``(test, n, seed)`` always gives the same users, so every epoch and every trial of a search
+    is compared on the same sample. ``n`` of 0/None, or at least the number of such users, means all.
+    """
+    candidates = torch.nonzero(test.user_counts() > 0).flatten()
+    if not n or n >= candidates.numel():
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    return candidates[torch.randperm(candidates.numel(), generator=gen)[:n]].sort().values

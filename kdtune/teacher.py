@@ -41,6 +41,8 @@ class TeacherSettings:
     """BPR triplets per step."""
     patience: int = 8
     """Epochs without a better validation NDCG@k before stopping."""
+    valid_users: int = 2048
+    """Validation users (a fixed seeded sample) behind the per-epoch early-stopping signal; 0 = all."""
     topn: int = 100
     """Length of each user's cached teacher ranking (what rd/cd/rrd sample from)."""
     k: int = 20
@@ -51,7 +53,7 @@ class TeacherSettings:
 
 # Settings added after teachers were first cached, with the behaviour from before they existed: at
 # these values they stay out of the cache key, so that older cache entries and runs keep their teacher.
-LEGACY_SETTINGS = {"lr_schedule": "constant", "optimizer": "dense"}
+LEGACY_SETTINGS = {"lr_schedule": "constant", "optimizer": "dense", "valid_users": 0}
 
 
 def settings_from_record(record: dict) -> TeacherSettings:
@@ -134,7 +136,7 @@ def train_teacher(
     result = fit(
         model, split.train, split.valid, loss="bpr", epochs=settings.epochs, batch_size=settings.batch_size,
         lr=settings.lr, weight_decay=settings.weight_decay, lr_schedule=settings.lr_schedule,
-        optimizer=settings.optimizer, patience=settings.patience, k=settings.k,
+        optimizer=settings.optimizer, patience=settings.patience, valid_users=settings.valid_users, k=settings.k,
         seed=settings.seed, progress=progress, desc=f"teacher dim={settings.dim}", device=device,
     )
     model.cpu()

@@ -12,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kdtune.data import Interactions
-from kdtune.evaluate import evaluate
+from kdtune.evaluate import evaluate, sample_users
 from kdtune.losses import KDContext, LossDef, get_loss
 from kdtune.models import MF
 from kdtune.optim import TableAdamW
@@ -28,8 +28,8 @@ class FitResult:
     """What a training run did: best validation score and when, history, and speed."""
 
     best_epoch: int
-    best_score: float
-    best_metrics: dict[str, float]
+    best_score: float  # validation metric of the best epoch, over all validation users
+    best_metrics: dict[str, float]  # every validation metric of the best epoch, over all validation users
     epochs_run: int
     seconds: float
     triplets: int
@@ -142,6 +142,7 @@ def fit(
     optimizer: str = "dense",
     lr_schedule: str = "constant",
     patience: int = 5,
+    valid_users: int | None = 256,
     k: int = 20,
     seed: int = 0,
     progress: bool = False,
@@ -154,7 +155,11 @@ def fit(
     ``weight_decay`` is AdamW's decoupled decay of every parameter; ``optimizer`` is ``lazy`` (row-sparse
     steps on the model's tables) or ``dense`` (see ``make_optimizer``). Early stopping: after
     ``patience`` epochs without a better validation NDCG@k the loop stops and the best epoch's weights
-    are restored. Deterministic for a given ``seed`` on CPU. ``device`` moves the model (and teacher)
+    are restored. The per-epoch signal (early stopping, ``on_epoch``, ``history``) is measured on a fixed
+    seeded sample of ``valid_users`` validation users (0/None: all), the same for every run with the same
+    data and seed: full-ranking validation of every user would cost several times a training epoch. The
+    best epoch's weights are then scored once on all validation users: that is ``best_metrics``.
+    Deterministic for a given ``seed`` on CPU. ``device`` moves the model (and teacher)
     there; it stays there afterwards. Raises ``DivergedError`` on a NaN/inf loss.
     """
     spec = get_loss(loss)
@@ -183,6 +188,7 @@ def fit(
         kwargs["T"] = T
 
     step = make_step(model, spec, kwargs, opt, teacher, topn, gen, extra)
+    signal_users = sample_users(valid, valid_users, seed)
 
     best_score, best_epoch, best_metrics = -math.inf, 0, {}
     best_state = copy.deepcopy(model.state_dict())
@@ -200,7 +206,7 @@ def fit(
             opt.sync()  # the tables hold the parameters' values again (pending weight decay applied)
             train_seconds += time.perf_counter() - t0
             triplets += n
-            metrics = evaluate(model, train, valid, ks=(k,))
+            metrics = evaluate(model, train, valid, ks=(k,), users=signal_users)
             row = {"epoch": epoch, "loss": total / max(n, 1), **metrics}
             history.append(row)
             if metrics[metric] > best_score:
@@ -218,6 +224,9 @@ def fit(
         opt.close()
     model.load_state_dict(best_state)
     model.eval()
+    if signal_users is not None and best_epoch > 0:
+        best_metrics = evaluate(model, train, valid, ks=(k,))
+        best_score = best_metrics[metric]
     return FitResult(
         best_epoch=best_epoch,
         best_score=best_score,

@@ -101,10 +101,31 @@ def test_fit_is_deterministic_and_restores_best(parts, optimizer):
     (a, sa), (b, sb) = results
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    best = max(h["ndcg@20"] for h in a.history)
-    assert a.best_score == best
+    # the best epoch is chosen on the per-epoch signal (a fixed sample of validation users) ...
+    signal = [h["ndcg@20"] for h in a.history]
+    assert a.best_epoch == 1 + signal.index(max(signal))
+    assert {h["n_users"] for h in a.history} == {min(256, int((parts.valid.user_counts() > 0).sum()))}
+    # ... and its restored weights are then scored once on every validation user
     model = MF.from_state(MF(parts.train.n_users, parts.train.n_items, 8).arch(), sa)
-    assert math.isclose(evaluate(model, parts.train, parts.valid)["ndcg@20"], best, rel_tol=1e-6)
+    full = evaluate(model, parts.train, parts.valid)
+    assert math.isclose(full["ndcg@20"], a.best_score, rel_tol=1e-6)
+    assert a.best_metrics["n_users"] == full["n_users"] > 256
+
+
+def test_signal_users_are_a_fixed_sample_and_all_means_all(parts):
+    from kdtune.evaluate import sample_users
+
+    first, again = sample_users(parts.valid, 50, seed=3), sample_users(parts.valid, 50, seed=3)
+    assert torch.equal(first, again) and first.numel() == 50 and torch.all(first[1:] > first[:-1])
+    assert bool((parts.valid.user_counts()[first] > 0).all())
+    assert not torch.equal(first, sample_users(parts.valid, 50, seed=4))
+    assert sample_users(parts.valid, 0) is None and sample_users(parts.valid, 10**6) is None
+    model = MF(parts.train.n_users, parts.train.n_items, 8, seed=0)
+    sub = evaluate(model, parts.train, parts.valid, users=first)
+    assert sub["n_users"] == 50
+    # the sample's metrics are the mean of the per-user metrics of those users alone
+    by_user = [evaluate(model, parts.train, parts.valid, users=first[i : i + 1])["ndcg@20"] for i in range(50)]
+    assert math.isclose(sub["ndcg@20"], sum(by_user) / 50, rel_tol=1e-9)
 
 
 def test_early_stopping_stops(parts):
