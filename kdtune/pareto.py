@@ -270,10 +270,13 @@ def plot_front(
     baselines: pd.DataFrame | None = None,
     path: str | Path = "pareto.png",
     title: str | None = None,
+    xerr: str | None = None,
 ) -> Path:
     """Save a scatter of all trials (grey), the front (step line, lower ``x`` / higher ``y`` is better)
     and labelled baselines (label from a ``label``/``name``/``model`` column, else the index) to ``path``.
 
+    ``xerr`` names a column of ``x``'s spread (e.g. the latency IQR): drawn as horizontal error bars on the
+    front and the baselines, so a reader sees which latency differences are larger than the noise.
     The x axis is logarithmic when the positive ``x`` values span more than 10x. Uses the Agg canvas
     directly, so no global pyplot state or display is touched.
     """
@@ -302,6 +305,11 @@ def plot_front(
         # "post" step: from a front point, moving right (slower) keeps at least its y until the next one.
         ax.step(fx, fy, where="post", color="tab:blue", lw=1.5, zorder=2)
         ax.plot(fx, fy, "o", color="tab:blue", ms=6, label=f"Pareto front ({fx.size})", zorder=3)
+        if xerr and xerr in front:
+            ex = pd.to_numeric(front[xerr], errors="coerce").to_numpy(dtype=float)
+            fx_all, fy_all = (pd.to_numeric(front[c], errors="coerce").to_numpy(dtype=float) for c in (x, y))
+            ax.errorbar(fx_all, fy_all, xerr=np.nan_to_num(ex) / 2, fmt="none", ecolor="tab:blue", alpha=0.6,
+                        capsize=3, zorder=3)
         all_x.append(fx)
     if baselines is not None and len(baselines) and x in baselines and y in baselines:
         markers = ["*", "s", "D", "^", "v", "P", "X", "h"]
@@ -314,6 +322,8 @@ def plot_front(
             label = str(row[label_col]) if label_col else str(idx)
             color = colors[k % len(colors)]
             ax.plot(bx, by, markers[k % len(markers)], color=color, ms=10, mec="black", label=label, zorder=4)
+            if xerr and xerr in baselines and pd.notna(row[xerr]):
+                ax.errorbar([bx], [by], xerr=[float(row[xerr]) / 2], fmt="none", ecolor=color, capsize=3, zorder=4)
             ax.annotate(label, (bx, by), xytext=(6, 4), textcoords="offset points", fontsize=7, color=color)
             all_x.append(np.array([bx]))
 

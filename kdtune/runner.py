@@ -1,4 +1,5 @@
-"""Drive one search on Ray: teacher once (a Ray task, cached on disk), the Tuner, then the export."""
+"""Drive one search on Ray: teacher once (a Ray task, cached on disk), latency once per architecture,
+the Tuner (with a Pareto-aware scheduler), latency again, then the export."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from kdtune import export
-from kdtune.cli import DataArgs, UsageError
+from kdtune import export, latency_plan, rundir
+from kdtune.cli import DataArgs
 from kdtune.data import Interactions, Split
+from kdtune.resources import fit_to_nodes, node_sizes
 from kdtune.space import SearchSpace
 from kdtune.teacher import (
     TeacherKnowledge,
@@ -25,10 +27,13 @@ from kdtune.teacher import (
     settings_from_record,
     train_teacher,
 )
-from kdtune.trainable import LatencyBench, TrialSettings, train_student
+from kdtune.trainable import TrialSettings, train_student
 from kdtune.tunestate import StateSnapshot, prepare_resume
 
 log = logging.getLogger("kdtune")
+
+SCHEDULERS = ("pareto-asha", "none")
+SCHEDULER_STATE = "scheduler-state.json"
 
 
 def _teacher_task(split: Split, settings: TeacherSettings, threads: int) -> TeacherKnowledge:
@@ -39,14 +44,16 @@ def _teacher_task(split: Split, settings: TeacherSettings, threads: int) -> Teac
 
 
 def teacher_once(split_ref, split: Split, settings: TeacherSettings, cache_dir: str) -> TeacherKnowledge:
-    """The cached teacher, or one trained as a Ray task on a GPU node when the cluster has a GPU."""
+    """The cached teacher, or one trained as a Ray task sized to fit the largest node (on a GPU node
+    when the cluster has one)."""
     path = cache_path(split, settings, cache_dir)
     knowledge = load_cached(path)
     if knowledge is not None:
         return knowledge
-    resources = ray.cluster_resources()
-    gpus = 1 if resources.get("GPU", 0) >= 1 else 0
-    cpus = max(1, min(8, int(resources.get("CPU", 1))))
+    nodes = node_sizes()
+    gpus = 1 if max(n["GPU"] for n in nodes) >= 1 else 0
+    # Never more CPUs than one node has: a task cannot span nodes, and a larger request waits forever.
+    cpus = max(1, min(8, int(max(n["CPU"] for n in nodes if n["GPU"] >= gpus))))
     log.info("training the teacher (dim %d) as a Ray task on %d CPU(s), %d GPU", settings.dim, cpus, gpus)
     t0 = time.perf_counter()
     task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_teacher_task)
@@ -57,20 +64,44 @@ def teacher_once(split_ref, split: Split, settings: TeacherSettings, cache_dir: 
 
 
 def resources_per_trial(args) -> dict:
+    """CPU/GPU share of one trial, checked against the nodes (a request no node can hold fails now)."""
     gpus = args.gpus_per_trial
     if gpus is None:
         gpus = 0.25 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    elif gpus > 0 and ray.cluster_resources().get("GPU", 0) < gpus:
-        raise UsageError(f"--gpus-per-trial {gpus}: the cluster has no GPU (resources: {ray.cluster_resources()})")
-    return {"cpu": args.cpus_per_trial, "gpu": gpus}
+    res = {"cpu": args.cpus_per_trial, "gpu": gpus}
+    fit_to_nodes({"CPU": res["cpu"], "GPU": res["gpu"]}, "--cpus-per-trial / --gpus-per-trial")
+    return res
 
 
 def default_concurrency(res: dict) -> int:
-    total = ray.cluster_resources()
-    limits = [int(total.get("CPU", 1) // res["cpu"])]
-    if res["gpu"] > 0:
-        limits.append(int(total.get("GPU", 0) // res["gpu"]))
-    return max(1, min(limits))
+    """Trials that fit at once, node by node (a trial cannot span nodes)."""
+    total = 0
+    for node in node_sizes():
+        fits = int(node["CPU"] // res["cpu"]) if res["cpu"] > 0 else 10**6
+        if res["gpu"] > 0:
+            fits = min(fits, int(node["GPU"] // res["gpu"]))
+        total += fits
+    return max(1, total)
+
+
+def make_scheduler(args, space: SearchSpace, run_dir: Path, k: int):
+    """The Pareto-aware successive-halving scheduler (``--scheduler pareto-asha``), or None."""
+    if args.scheduler == "none":
+        return None
+    from kdtune.schedulers import ParetoASHA
+
+    epochs = int(space.fixed.get("epochs", 0) or 0) or None
+    if epochs is None:
+        from kdtune.space import TRAIN_DEFAULTS
+
+        epochs = int(TRAIN_DEFAULTS["epochs"])
+    # max_t one past the epoch budget: a trial that trains its whole budget still sends its final report
+    # (best epoch over all validation users, with its weights) rather than being cut at its last epoch.
+    return ParetoASHA(
+        objectives={f"recall@{k}": "max", "latency_ms": "min"}, time_attr="epoch",
+        grace_period=args.grace_epochs, reduction_factor=args.reduction_factor, max_t=epochs + 1,
+        state_path=str(run_dir / SCHEDULER_STATE),
+    )
 
 
 def execute(
@@ -83,10 +114,10 @@ def execute(
     space: SearchSpace,
     resumed: bool,
 ) -> None:
-    """Teacher, latency of each architecture in isolation, the Tuner (new or restored), then export."""
+    """Teacher, latency of every architecture, the Tuner (new or restored), latency again, then export."""
     import optuna
 
-    from kdtune.search import EXPERIMENT, make_sampler, write_run
+    from kdtune.search import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -95,60 +126,68 @@ def execute(
     catalog = args.catalog_size or data.n_items
     res = resources_per_trial(args)
     run["resources_per_trial"] = res
+    run["nodes"] = node_sizes()
 
     t0 = time.perf_counter()
     split_ref = ray.put(split)
-    if "teacher" in run:  # a resumed run keeps the teacher it started with, whatever today's defaults
-        settings = settings_from_record(run["teacher"]["settings"])
-    else:
-        settings = TeacherSettings(dim=args.teacher_dim, epochs=args.teacher_epochs, k=k, seed=data_args.seed)
-    knowledge = teacher_once(split_ref, split, settings, data_args.cache_dir)
-    timings["teacher_s"] = round(time.perf_counter() - t0, 3)
-    run["teacher"] = knowledge.summary()
-    print(f"Teacher: {'loaded from cache' if knowledge.from_cache else 'trained'} in {timings['teacher_s']:.1f} s "
+    # A resumed run distils from exactly the teacher it started with (its own copy, or refused).
+    knowledge = rundir.run_teacher(run_dir, run, data_args.cache_dir)
+    if knowledge is None:
+        if "teacher" in run:  # recorded before teachers were kept in the run: same settings as then
+            settings = settings_from_record(run["teacher"]["settings"])
+        else:
+            settings = TeacherSettings(dim=args.teacher_dim, epochs=args.teacher_epochs, k=k, seed=data_args.seed)
+        knowledge = teacher_once(split_ref, split, settings, data_args.cache_dir)
+    rundir.keep_teacher(run_dir, run, knowledge)
+    timings.setdefault("teacher_s", round(time.perf_counter() - t0, 3))
+    print(f"Teacher: {'loaded' if knowledge.from_cache else 'trained'} in {time.perf_counter() - t0:.1f} s "
           f"(valid ndcg@{k} {knowledge.valid_metrics.get(f'ndcg@{k}', float('nan')):.4f})", flush=True)
 
-    # Every architecture in the space is timed now, before any trial runs, so its latency is measured
-    # in isolation; trials then read the figure from the actor's cache.
-    t0 = time.perf_counter()
-    bench = LatencyBench.options(num_gpus=0.01 if args.latency_device == "cuda" else 0).remote(
-        catalog, k, args.latency_device, args.latency_threads)
-    dims = sorted(set(space.dims()) | {args.teacher_dim})
-    profiles = ray.get([bench.profile.remote(d) for d in dims])
-    run["latency_prebench"] = {str(d): p["latency_ms"] for d, p in zip(dims, profiles, strict=True)}
-    timings["latency_prebench_s"] = round(time.perf_counter() - t0, 3)
+    # Every architecture of the space (and the teacher) is timed together, in interleaved rounds, before
+    # any trial runs; a resumed run keeps the figures it started with. Trials read them from the settings.
+    plan = latency_plan.LatencyPlan(space, knowledge.arch["dim"], catalog, k, args.latency_device,
+                                    args.latency_threads)
+    lat = run.setdefault("latency", plan.record())
+    if "before" not in lat:
+        t0 = time.perf_counter()
+        lat["before"] = plan.measure()
+        timings["latency_before_s"] = round(time.perf_counter() - t0, 3)
+        _say_contradictions(lat["before"])
+    rundir.write_run(run_dir, run)
 
     trial_settings = TrialSettings(k=k, seed=data_args.seed, cpus_per_trial=args.cpus_per_trial,
-                                   catalog_size=catalog, latency_device=args.latency_device,
-                                   latency_threads=args.latency_threads)
+                                   catalog_size=catalog, latency=lat["before"]["profiles"],
+                                   valid_users=args.valid_users)
     # with_parameters puts the teacher and the split in the object store once for all trials.
     trainable = tune.with_resources(
-        tune.with_parameters(train_student, knowledge=knowledge, split=split_ref, bench=bench,
-                             settings=trial_settings),
+        tune.with_parameters(train_student, knowledge=knowledge, split=split_ref, settings=trial_settings),
         res,
     )
     storage = args.storage or str(run_dir / "ray")
-    run["experiment_path"] = f"{storage.rstrip('/')}/{EXPERIMENT}"
-    write_run(run_dir, run)
+    exp_path = f"{storage.rstrip('/')}/{rundir.EXPERIMENT}"
+    run["experiment_path"] = rundir.relative(run_dir, exp_path)
+    rundir.write_run(run_dir, run)
     t0 = time.perf_counter()
     StateSnapshot.activate(run_dir)
-    if resumed and tune.Tuner.can_restore(run["experiment_path"]):
-        print(f"Resuming the search in {run['experiment_path']}", flush=True)
-        prepare_resume(run["experiment_path"], run_dir)
-        tuner = tune.Tuner.restore(run["experiment_path"], trainable=trainable, resume_errored=False)
+    if resumed and tune.Tuner.can_restore(exp_path):
+        print(f"Resuming the search in {exp_path}", flush=True)
+        prepare_resume(exp_path, run_dir)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=False)
     else:
         concurrency = args.concurrency or default_concurrency(res)
         searcher = OptunaSearch(
             space=space.define_by_run, metric=[f"recall@{k}", "latency_ms"], mode=["max", "min"],
             sampler=make_sampler(args.sampler, data_args.seed, args.trials),
         )
-        print(f"Searching {args.trials} trials, {concurrency} at a time, {res} each", flush=True)
+        scheduler = make_scheduler(args, space, run_dir, k)
+        print(f"Searching {args.trials} trials, {concurrency} at a time, {res} each, scheduler "
+              f"{args.scheduler}", flush=True)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=concurrency),
-                                        num_samples=args.trials, reuse_actors=True),
+                                        scheduler=scheduler, num_samples=args.trials, reuse_actors=True),
             run_config=tune.RunConfig(
-                name=EXPERIMENT, storage_path=storage, verbose=1,
+                name=rundir.EXPERIMENT, storage_path=storage, verbose=1,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[StateSnapshot()],
@@ -156,15 +195,29 @@ def execute(
         )
     tuner.fit()
     timings["trials_s"] = round(timings.get("trials_s", 0) + time.perf_counter() - t0, 3)
-    write_run(run_dir, run)
+    state = run_dir / SCHEDULER_STATE
+    if state.exists():
+        run["scheduler"] = {"name": args.scheduler, "state_file": SCHEDULER_STATE}
+    # The same architectures timed the same way again, now that no trial runs: the front uses these.
+    t0 = time.perf_counter()
+    lat["after"] = plan.measure()
+    timings["latency_after_s"] = round(time.perf_counter() - t0, 3)
+    _say_contradictions(lat["after"])
+    rundir.write_run(run_dir, run)
 
     t0 = time.perf_counter()
     result = export.export_run(run_dir, run, data, split, knowledge, space, remote=True)
     timings["export_s"] = round(time.perf_counter() - t0, 3)
     run["exported"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    write_run(run_dir, run)
+    rundir.write_run(run_dir, run)
     print(result.table, flush=True)
     if run["status"] != "finished":
         print(f"\nThe search stopped early ({run['trial_counts']}); continue it with: "
               f"python -m kdtune.search --resume {run_dir}", flush=True)
     print(f"\nFiles in {run_dir}: {', '.join(sorted(p.name for p in result.files))}", flush=True)
+
+
+
+def _say_contradictions(measured: dict) -> None:
+    for line in measured.get("contradictions", []):
+        print(f"Latency warning: {line}", flush=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -27,13 +26,12 @@ from kdtune.cli import (
     run_cli,
     setup_logging,
 )
+from kdtune.rundir import SPACE_FILE, new_run_dir, read_run, space_path, write_run
 from kdtune.space import load_space
 
 log = logging.getLogger("kdtune")
 
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
-RUN_FILE = "run.json"
-EXPERIMENT = "search"
 
 
 @dataclasses.dataclass
@@ -56,6 +54,12 @@ class SearchArgs:
     latency_threads: int = arg(1, "torch threads of the latency benchmark")
     teacher_dim: int = arg(64, "teacher embedding size")
     teacher_epochs: int = arg(150, "teacher epoch budget (early stopping on validation)")
+    scheduler: str = arg("pareto-asha", "stop dominated trials early at epoch rungs (Pareto-aware successive "
+                         "halving), or run every trial to its end", choices=["pareto-asha", "none"])
+    grace_epochs: int = arg(3, "pareto-asha: first rung (epochs); later rungs at grace * eta^i")
+    reduction_factor: int = arg(3, "pareto-asha: eta, a trial goes on past a rung if in the top 1/eta there")
+    valid_users: int = arg(256, "validation users (a fixed seeded sample) behind each epoch's signal; "
+                           "0 = all; a finished trial's metrics are always over all of them")
 
 
 def parse(argv: list[str] | None) -> tuple[DataArgs, SearchArgs, str | None]:
@@ -81,6 +85,10 @@ def validate(data_args: DataArgs, args: SearchArgs) -> None:
         raise UsageError(f"--catalog-size must be >= --k ({data_args.k})")
     if args.teacher_dim < 1 or args.teacher_epochs < 1 or args.latency_threads < 1:
         raise UsageError("--teacher-dim, --teacher-epochs and --latency-threads must be >= 1")
+    if args.grace_epochs < 1 or args.reduction_factor < 2:
+        raise UsageError("--grace-epochs must be >= 1 and --reduction-factor >= 2")
+    if args.valid_users < 0:
+        raise UsageError(f"--valid-users must be >= 0 (got {args.valid_users})")
     if args.sampler == "gp":
         try:
             import scipy  # noqa: F401
@@ -104,28 +112,7 @@ def make_sampler(name: str, seed: int, trials: int):
     raise UsageError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-def new_run_dir(out: str | None) -> Path:
-    """Where a new run goes; refuses a directory that already holds something (nothing is overwritten)."""
-    path = Path(out) if out else Path("results") / time.strftime("%Y%m%d-%H%M%S")
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UsageError(f"{path} is not empty; choose another --out, or --resume {path} to continue it")
-    return path.resolve()
 
-
-def read_run(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / RUN_FILE
-    if not path.is_file():
-        raise UsageError(f"{run_dir} is not a kdtune run (no {RUN_FILE})")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path} is unreadable: {exc}") from None
-
-
-def write_run(run_dir: Path, run: dict) -> None:
-    tmp = run_dir / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps(run, indent=2, default=str))
-    tmp.replace(run_dir / RUN_FILE)
 
 
 def versions() -> dict:
@@ -192,11 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(resume).resolve()
         run = read_run(run_dir)
         data_args = DataArgs(**run["data"])
-        args = SearchArgs(**run["search"])
+        # settings added since the run started keep their defaults
+        args = SearchArgs(**{k: v for k, v in run["search"].items() if k in SearchArgs.__dataclass_fields__})
         if run.get("status") == "finished":  # "incomplete" and "running" runs can be resumed
             raise UsageError(f"{run_dir} already finished; export it with: python -m kdtune.export {run_dir}")
         validate(data_args, args)
-        space = load_space(run["space_file"])
+        space = load_space(space_path(run_dir, run))
     else:
         validate(data_args, args)
         space = load_space(args.space)
@@ -223,14 +211,13 @@ def main(argv: list[str] | None = None) -> int:
 def new_run(run_dir: Path, args: SearchArgs, argv, data_args: DataArgs, data, split, space) -> dict:
     """Create ``run_dir`` with the run's record (exact configuration, versions, fingerprints) and space."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    space_file = run_dir / "space.yaml"
-    space.save(space_file)
+    space.save(run_dir / SPACE_FILE)
     run = {
         "status": "running",
         "command": " ".join(["python -m kdtune.search", *(argv if argv is not None else sys.argv[1:])]),
         "data": dataclasses.asdict(data_args),
         "search": dataclasses.asdict(args),
-        "space_file": str(space_file),
+        "space_file": SPACE_FILE,
         "space": space.to_dict(),
         "data_fingerprint": data.fingerprint(),
         "split_fingerprint": split.fingerprint(),

@@ -172,6 +172,14 @@ class SearchSpace:
             return sorted(int(c) for c in p.choices)
         return list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
 
+    def precisions(self) -> list[str]:
+        """Every serving precision the space can propose (``fp32`` when it does not search one)."""
+        if "precision" in self.fixed:
+            return [str(self.fixed["precision"])]
+        if "precision" in self.params:
+            return [str(c) for c in self.params["precision"].choices]
+        return ["fp32"]
+
     def lr_range(self) -> tuple[float, float]:
         """``(low, high)`` of the learning rate (equal bounds when ``lr`` is fixed)."""
         if "lr" in self.fixed:

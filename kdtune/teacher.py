@@ -84,6 +84,15 @@ class TeacherKnowledge:
             p.requires_grad_(False)
         return model
 
+    def content_hash(self) -> str:
+        """SHA-256 of the weights and the top-N table: what the trials actually distil from."""
+        h = hashlib.sha256()
+        for name in sorted(self.state):
+            h.update(name.encode())
+            h.update(self.state[name].detach().cpu().contiguous().numpy().tobytes())
+        h.update(self.topn.cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:32]
+
     def summary(self) -> dict:
         return {
             "key": self.key,
@@ -173,7 +182,12 @@ def load(path: Path) -> TeacherKnowledge:
 
 
 def cache_path(split: Split, settings: TeacherSettings, cache_dir: str | Path) -> Path:
-    return Path(cache_dir).expanduser() / f"teacher-{cache_key(split, settings)}.pt"
+    return cache_file(cache_key(split, settings), cache_dir)
+
+
+def cache_file(key: str, cache_dir: str | Path) -> Path:
+    """The cache entry of the teacher with cache key ``key``."""
+    return Path(cache_dir).expanduser() / f"teacher-{key}.pt"
 
 
 def load_cached(path: Path) -> TeacherKnowledge | None:

@@ -1,11 +1,11 @@
-"""The Ray Tune trainable (thin: distill -> evaluate -> report) and the latency benchmark actor."""
+"""The Ray Tune trainable (thin: distill -> report every epoch -> report the best epoch with its weights)."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
@@ -32,8 +32,10 @@ class TrialSettings:
     seed: int
     cpus_per_trial: float
     catalog_size: int
-    latency_device: str = "cpu"
-    latency_threads: int = 1
+    # One latency profile per architecture, measured by the driver before the trials (never by a busy
+    # trial): every trial, baseline and table of the run uses these figures.
+    latency: dict = field(default_factory=dict)
+    valid_users: int = 256
 
 
 def split_config(config: dict) -> tuple[int, str, dict]:
@@ -53,22 +55,19 @@ def split_config(config: dict) -> tuple[int, str, dict]:
     return int(config["dim"]), loss, fit_kwargs
 
 
-@ray.remote(num_cpus=0)
-class LatencyBench:
-    """Times one architecture at a time and remembers it, so that every trial of the same ``dim``
-    reports the same figure, measured once rather than inside each busy trial."""
-
-    def __init__(self, catalog_size: int, k: int, device: str, threads: int):
-        self.kw = {"n_items": catalog_size, "k": k, "device": device, "threads": threads}
-
-    def profile(self, dim: int) -> dict:
-        return dict(latency.profile(int(dim), **self.kw))
+def arch_of(config: dict) -> str:
+    """The latency key of a trial's student architecture (its dim and serving precision)."""
+    return latency.arch_key(int(config["dim"]), config.get("precision", "fp32"))
 
 
-def train_student(
-    config: dict, knowledge: TeacherKnowledge, split: Split, bench, settings: TrialSettings
-) -> None:
-    """One trial: distil a student with ``config``, report validation metrics, latency and its weights."""
+def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, settings: TrialSettings) -> None:
+    """One trial: distil a student with ``config``, report every epoch, then the best epoch and its weights.
+
+    Each epoch's report carries the per-epoch validation signal (a fixed sample of validation users) and the
+    architecture's latency, so the dashboard shows learning curves and a scheduler can stop the trial at a
+    rung. The last report (``final: True``) carries the best epoch's metrics over all validation users and
+    the student's checkpoint; a trial stopped by the scheduler never sends it.
+    """
     done = tune.get_checkpoint()
     if done is not None:
         # The trial had finished and saved its student when the driver stopped before recording it:
@@ -85,25 +84,38 @@ def train_student(
     gpu_ids = ray.get_gpu_ids()
     device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
     dim, loss, fit_kwargs = split_config(config)
+    lat = settings.latency.get(arch_of(config), {})
+    fixed = {
+        "latency_ms": lat.get("latency_ms"),
+        "latency_spread_ms": lat.get("latency_spread_ms"),
+    }
+
+    def report_epoch(row: dict) -> None:
+        tune.report({**{name: value for name, value in row.items() if name != "n_users"}, **fixed,
+                     "final": False})
+
     student, result = distill(
         knowledge.model(), knowledge.topn, split.train, split.valid, dim, loss, seed=settings.seed,
-        k=settings.k, device=device, **fit_kwargs,
+        k=settings.k, device=device, valid_users=settings.valid_users, on_epoch=report_epoch, **fit_kwargs,
     )
-    lat = ray.get(bench.profile.remote(dim))
     metrics = {
         **{name: value for name, value in result.best_metrics.items() if name != "n_users"},
-        "latency_ms": lat["latency_ms"],
-        "latency_p95_ms": lat["latency_p95_ms"],
-        "latency_b256_ms": lat.get("latency_b256_ms"),
+        "epoch": result.epochs_run,
+        "loss": result.history[-1]["loss"] if result.history else None,
+        **fixed,
+        "final": True,
         "params": student.n_params(),
         "bytes": student.n_bytes(),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
         "train_seconds": result.seconds,
         "triplets_per_s": result.triplets_per_s,
         "device": device,
         "gpu_ids": ",".join(str(g) for g in gpu_ids),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
+        "node_ip": ray.util.get_node_ip_address() if ray.is_initialized() else "",
         "pid": os.getpid(),
     }
     with tempfile.TemporaryDirectory() as tmp:
