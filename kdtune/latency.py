@@ -6,18 +6,26 @@ catalog size are enough: random tables are built. The catalog size is a setting 
 catalogs (a few thousand items) the measured time is fixed overhead (kernel launches, ``topk``), not
 work: ``dim`` 64 vs 8 then changes it ~2x at most, while at ~1M items reading the item table dominates
 and latency tracks ``dim``. Measure at the catalog size you will serve.
+
+``profile_interleaved`` times many architectures ``(dim, precision)`` together, in interleaved rounds,
+with the serving kernels of ``kdtune.quantize.ItemIndex``: one figure per architecture, with its spread,
+so that every consumer (search, export) uses the same measurement of the same architecture.
 """
 
 from __future__ import annotations
 
 import math
 import operator
+import random
 import statistics
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+from kdtune.quantize import ELEMENT_BYTES, ItemIndex, check_precision
 
 _FLOAT_BYTES = 4
 
@@ -48,10 +56,17 @@ class LatencyResult:
         return asdict(self)
 
 
-def analytic_cost(dim: int, n_items: int) -> tuple[int, int]:
-    """``(macs_per_query, bytes_per_query)`` of scoring one user against the full catalog."""
+def analytic_cost(dim: int, n_items: int, precision: str = "fp32") -> tuple[int, int]:
+    """``(macs_per_query, bytes_per_query)`` of scoring one user against the full catalog.
+
+    Bytes are those the serving kernel reads at ``precision``: the item table at that element size, the
+    bias (float32, but 16-bit with 16-bit tables), int8's per-row float32 scales, and the user vector.
+    """
+    check_precision(precision)
     macs = n_items * dim + n_items
-    nbytes = n_items * (dim + 1) * _FLOAT_BYTES + dim * _FLOAT_BYTES
+    bias_bytes = 2 if precision in ("bf16", "fp16") else _FLOAT_BYTES
+    scale_bytes = _FLOAT_BYTES if precision == "int8" else 0
+    nbytes = n_items * (dim * ELEMENT_BYTES[precision] + bias_bytes + scale_bytes) + dim * _FLOAT_BYTES
     return macs, nbytes
 
 
@@ -227,3 +242,175 @@ def profile(
 def clear_cache() -> None:
     """Forget every cached ``profile`` result (for tests and re-measurements in isolation)."""
     _CACHE.clear()
+
+
+def arch_key(dim: int, precision: str = "fp32") -> str:
+    """The JSON-friendly key of an architecture, e.g. ``"dim=8,precision=int8"``."""
+    return f"dim={operator.index(dim)},precision={check_precision(precision)}"
+
+
+def parse_arch(arch: int | str | Sequence[Any]) -> tuple[int, str]:
+    """``(dim, precision)`` from a dim (``fp32``), a ``(dim, precision)`` pair or an ``arch_key`` string."""
+    if isinstance(arch, str):
+        fields = dict(part.split("=", 1) for part in arch.split(","))
+        return int(fields["dim"]), check_precision(fields.get("precision", "fp32"))
+    if isinstance(arch, Sequence):
+        dim, precision = arch
+        return operator.index(dim), check_precision(precision)
+    return operator.index(arch), "fp32"
+
+
+def profile_interleaved(
+    archs: Iterable[int | str | Sequence[Any]],
+    n_items: int,
+    k: int = 20,
+    device: str = "cpu",
+    threads: int | None = 1,
+    rounds: int = 7,
+    runs: int = 50,
+    batch_sizes: tuple[int, ...] = (1, 256),
+    seed: int = 0,
+    max_seconds: float = 3.0,
+    warmup: int = 3,
+) -> dict[str, dict[str, Any]]:
+    """Latency of every architecture, timed together in interleaved rounds; keyed by ``arch_key``.
+
+    Each batch size gets ``max_seconds / len(batch_sizes)`` of timed work. After ``warmup`` calls per
+    architecture (the last one estimates its cost), ``rounds`` rounds visit every architecture once, in
+    an order shuffled per round (seeded), with ``runs`` timed calls per visit, fewer if the budget is
+    short (at least one): a drift of the machine's speed then hits all architectures alike instead of
+    the ones timed during a slow minute. A visit starts with one untimed call (the previous architecture
+    evicted this one's table from cache) unless a call takes > 50 ms, where tables far exceed any cache.
+    When even one call per visit does not fit, fewer rounds are run: at least 3 at batch 1; at larger
+    batches, if not one round fits, the estimating call (made in sequence) is the figure, with no spread. Each call is scoring + top-``k`` with the serving kernel of ``ItemIndex`` on
+    random tables (latency depends on shapes and precision, not on trained values).
+
+    Returns per architecture: ``dim``, ``precision``, ``n_items``, ``k``, ``device``, ``threads``,
+    ``macs_per_query``, ``bytes_per_query`` (``analytic_cost`` at that precision), and at batch 1
+    ``latency_ms`` (median of the round medians), ``latency_spread_ms`` (interquartile range of the round
+    medians; ``None`` with fewer than 2 rounds), ``latency_p95_ms`` (p95 of all timed batch-1 calls),
+    ``latency_rounds`` and ``latency_runs`` (timed calls in all); for each other batch size B
+    ``latency_bB_ms``, ``latency_bB_spread_ms``, ``latency_bB_per_user_us`` and ``latency_bB_rounds``.
+    """
+    parsed = list(dict.fromkeys(parse_arch(a) for a in archs))
+    if not parsed:
+        raise ValueError("no architecture to profile")
+    if not 1 <= k <= n_items:
+        raise ValueError(f"k must be in [1, n_items={n_items}], got {k}")
+    if rounds < 1 or runs < 1 or warmup < 1:
+        raise ValueError("rounds, runs and warmup must be >= 1")
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    gen = torch.Generator().manual_seed(seed)
+    sizes = tuple(sorted({1, *(int(b) for b in batch_sizes)}))
+    keys = [arch_key(d, p) for d, p in parsed]
+    indexes = {
+        key: ItemIndex.from_float(
+            torch.randn(n_items, d, generator=gen).mul_(0.1), torch.randn(n_items, generator=gen).mul_(0.01), p, dev
+        )
+        for key, (d, p) in zip(keys, parsed, strict=True)
+    }
+    # The same user vectors for every precision of a dim: only the kernel differs between them.
+    users = {(d, b): torch.randn(b, d, generator=gen).mul_(0.1).to(dev) for d, _ in parsed for b in sizes}
+
+    def call(key: str, dim: int, b: int) -> float:
+        if cuda:
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter_ns()
+        indexes[key].topk(users[(dim, b)], k)
+        if cuda:
+            torch.cuda.synchronize(dev)
+        return (time.perf_counter_ns() - t0) / 1e6
+
+    order = random.Random(seed)
+    out: dict[str, dict[str, Any]] = {}
+    for key, (d, p) in zip(keys, parsed, strict=True):
+        macs, nbytes = analytic_cost(d, n_items, p)
+        out[key] = {"dim": d, "precision": p, "n_items": n_items, "k": k, "device": str(dev),
+                    "macs_per_query": macs, "bytes_per_query": nbytes}  # fmt: skip
+    prev_threads = torch.get_num_threads()
+    n_threads = prev_threads if threads is None else int(threads)
+    try:
+        torch.set_num_threads(n_threads)
+        with torch.inference_mode():
+            for b in sizes:
+                est = {key: min(call(key, d, b) for _ in range(warmup if b == 1 else 1))
+                       for key, (d, _) in zip(keys, parsed, strict=True)}  # fmt: skip
+                affordable = max_seconds / len(sizes) * 1e3 / sum(est.values())  # calls per arch
+                per_visit = max(1, min(runs, int(affordable / rounds)))
+                n_rounds = rounds if affordable >= rounds else max(3 if b == 1 else 0, int(affordable))
+                medians: dict[str, list[float]] = {key: [] for key in keys}
+                pooled: dict[str, list[float]] = {key: [] for key in keys}
+                if n_rounds == 0:
+                    # Not even one round fits (big batches at big catalogs): the estimating call, made
+                    # in sequence, is the only measurement; its spread is unknown (None).
+                    n_rounds = 1
+                    for key in keys:
+                        medians[key].append(est[key])
+                        pooled[key].append(est[key])
+                    visits = []
+                else:
+                    visits = list(zip(keys, parsed, strict=True))
+                for _ in range(n_rounds if visits else 0):
+                    order.shuffle(visits)
+                    for key, (d, _) in visits:
+                        if est[key] < 50.0:
+                            call(key, d, b)
+                        times = [call(key, d, b) for _ in range(per_visit)]
+                        medians[key].append(statistics.median(times))
+                        pooled[key].extend(times)
+                name = "latency" if b == 1 else f"latency_b{b}"
+                for key in keys:
+                    rec = out[key]
+                    rec[f"{name}_ms"] = statistics.median(medians[key])
+                    rec[f"{name}_spread_ms"] = _iqr(medians[key])
+                    rec[f"{name}_rounds"] = n_rounds
+                    if b == 1:
+                        ms = sorted(pooled[key])
+                        rec["latency_p95_ms"] = ms[min(len(ms) - 1, math.ceil(0.95 * len(ms)) - 1)]
+                        rec["latency_runs"] = len(ms)
+                    else:
+                        rec[f"{name}_per_user_us"] = rec[f"{name}_ms"] * 1e3 / b
+    finally:
+        torch.set_num_threads(prev_threads)
+    for rec in out.values():
+        rec["threads"] = n_threads
+    return out
+
+
+def _iqr(values: list[float]) -> float | None:
+    """Interquartile range (inclusive quantiles); ``None`` for fewer than 2 values."""
+    if len(values) < 2:
+        return None
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q3 - q1
+
+
+def order_contradictions(profiles: dict[str, dict[str, Any]], batch: int = 1) -> list[str]:
+    """Pairs whose measured latency order contradicts their analytic cost, one readable line each.
+
+    Only pairs that share a dim or a precision are compared (other pairs follow from those). ``a``
+    contradicts ``b`` when ``a`` costs no more than ``b`` in both bytes and multiply-adds (less in one)
+    yet measures slower by more than the two spreads together (a missing spread counts as 0). At
+    small catalogs this is expected (fixed overhead and top-K dominate) and says the analytic cost is not
+    a proxy there; at large ones it points at a slow kernel or at a measurement accident.
+    """
+    name = "latency" if batch == 1 else f"latency_b{batch}"
+    lines = []
+    for ka, a in profiles.items():
+        for kb, b in profiles.items():
+            cheaper = (a["bytes_per_query"] <= b["bytes_per_query"] and a["macs_per_query"] <= b["macs_per_query"]
+                       and (a["bytes_per_query"], a["macs_per_query"]) != (b["bytes_per_query"], b["macs_per_query"]))  # fmt: skip
+            related = a["dim"] == b["dim"] or a["precision"] == b["precision"]
+            if not (cheaper and related) or f"{name}_ms" not in a or f"{name}_ms" not in b:
+                continue
+            gap = a[f"{name}_ms"] - b[f"{name}_ms"]
+            margin = (a.get(f"{name}_spread_ms") or 0.0) + (b.get(f"{name}_spread_ms") or 0.0)
+            if gap > margin:
+                lines.append(
+                    f"{ka} measured {a[f'{name}_ms']:.4g} ms > {kb} {b[f'{name}_ms']:.4g} ms (batch {batch}, "
+                    f"gap {gap:.3g} ms > spreads {margin:.3g} ms) though it reads "
+                    f"{a['bytes_per_query'] / b['bytes_per_query']:.2f}x the bytes and does "
+                    f"{a['macs_per_query'] / b['macs_per_query']:.2f}x the multiply-adds"
+                )
+    return lines

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import math
+import time
 
 import pytest
 import torch
 
 from kdtune import latency
-from kdtune.latency import LatencyResult, analytic_cost, measure, profile
+from kdtune import quantize as qz
+from kdtune.latency import (
+    LatencyResult,
+    analytic_cost,
+    arch_key,
+    measure,
+    order_contradictions,
+    parse_arch,
+    profile,
+    profile_interleaved,
+)
 from kdtune.models import MF
 
 
@@ -99,3 +111,104 @@ def test_cuda_path():
     assert r.device.startswith("cuda") and r.median_ms > 0 and r.p95_ms >= r.median_ms
     p = profile(32, 100_000, device="cuda", runs=10, warmup=2)
     assert p["device"].startswith("cuda") and p["latency_b256_ms"] > 0
+
+
+def test_arch_key_round_trip():
+    assert arch_key(8, "int8") == "dim=8,precision=int8"
+    assert arch_key(8) == "dim=8,precision=fp32"
+    assert parse_arch("dim=8,precision=int8") == parse_arch((8, "int8")) == (8, "int8")
+    assert parse_arch(16) == parse_arch("dim=16") == (16, "fp32")
+    with pytest.raises(ValueError):
+        arch_key(8, "int4")
+
+
+def test_analytic_cost_by_precision():
+    assert analytic_cost(16, 1000) == analytic_cost(16, 1000, "fp32") == (1000 * 17, 1000 * 17 * 4 + 64)
+    costs = {p: analytic_cost(16, 1000, p) for p in qz.PRECISIONS}
+    assert len({c[0] for c in costs.values()}) == 1  # same multiply-adds
+    assert costs["bf16"][1] == costs["fp16"][1] == 1000 * (32 + 2) + 64
+    assert costs["int8"][1] == 1000 * (16 + 4 + 4) + 64  # codes, bias, scale
+    assert costs["int8"][1] < costs["bf16"][1] < costs["fp32"][1]
+
+
+TINY_ARCHS = [(4, "fp32"), (8, "int8"), "dim=8,precision=bf16", 16, (16, "fp32")]  # the last is a repeat
+
+
+def test_profile_interleaved_one_figure_per_arch_with_a_spread():
+    before = torch.get_num_threads()
+    t0 = time.perf_counter()
+    prof = profile_interleaved(TINY_ARCHS, n_items=500, k=10, rounds=3, runs=4, batch_sizes=(1, 8), max_seconds=0.5)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 10  # cheap at tiny sizes (generous: the machine may be shared)
+    assert torch.get_num_threads() == before
+    assert list(prof) == [arch_key(4), arch_key(8, "int8"), arch_key(8, "bf16"), arch_key(16)]
+    for key, rec in prof.items():
+        assert set(rec) == {
+            "dim", "precision", "n_items", "k", "device", "threads", "macs_per_query", "bytes_per_query",
+            "latency_ms", "latency_spread_ms", "latency_p95_ms", "latency_rounds", "latency_runs",
+            "latency_b8_ms", "latency_b8_spread_ms", "latency_b8_per_user_us", "latency_b8_rounds",
+        }  # fmt: skip
+        assert parse_arch(key) == (rec["dim"], rec["precision"])
+        assert rec["threads"] == 1 and rec["n_items"] == 500 and rec["device"] == "cpu"
+        assert rec["latency_rounds"] == 3 and 3 <= rec["latency_runs"] <= 12
+        assert rec["latency_p95_ms"] > 0 and rec["latency_ms"] > 0 and rec["latency_spread_ms"] >= 0
+        assert (rec["macs_per_query"], rec["bytes_per_query"]) == analytic_cost(rec["dim"], 500, rec["precision"])
+    json.loads(json.dumps(prof))  # keys and values are JSON-friendly
+
+
+def test_profile_interleaved_caps_runs_by_time():
+    prof = profile_interleaved([64, (64, "int8")], n_items=20_000, rounds=5, runs=100, batch_sizes=(1, 64),
+                               max_seconds=0.0)  # fmt: skip
+    for rec in prof.values():
+        assert rec["latency_rounds"] == 3 and rec["latency_runs"] == 3  # the floor at batch 1
+        assert rec["latency_b64_rounds"] == 1 and rec["latency_b64_spread_ms"] is None
+
+
+def test_profile_interleaved_times_the_serving_kernel(monkeypatch):
+    seen = []
+    real = qz.ItemIndex.topk
+
+    def spy(self, users, k):
+        seen.append(self.precision)
+        return real(self, users, k)
+
+    monkeypatch.setattr(qz.ItemIndex, "topk", spy)
+    profile_interleaved([(8, "int8"), (8, "fp16")], n_items=300, k=5, rounds=2, runs=2, batch_sizes=(1,),
+                        max_seconds=0.1)  # fmt: skip
+    assert {"int8", "fp16"} <= set(seen)
+    seen.clear()
+    qz.quantize(MF(5, 300, 8, seed=0), "int8").serve_topk(torch.arange(3), 5)
+    assert seen == ["int8"]
+
+
+def test_profile_interleaved_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        profile_interleaved([], n_items=100)
+    with pytest.raises(ValueError):
+        profile_interleaved([8], n_items=10, k=11)
+    with pytest.raises(ValueError):
+        profile_interleaved([(8, "int4")], n_items=100)
+
+
+def _fake(dim: int, precision: str, ms: float, spread: float | None) -> dict:
+    macs, nbytes = analytic_cost(dim, 10_000, precision)
+    return {"dim": dim, "precision": precision, "macs_per_query": macs, "bytes_per_query": nbytes,
+            "latency_ms": ms, "latency_spread_ms": spread}  # fmt: skip
+
+
+def test_order_contradictions_flags_only_real_ones():
+    consistent = {arch_key(4): _fake(4, "fp32", 0.10, 0.01), arch_key(8): _fake(8, "fp32", 0.12, 0.01),
+                  arch_key(8, "int8"): _fake(8, "int8", 0.11, 0.01)}  # fmt: skip
+    assert order_contradictions(consistent) == []
+    # dim 4 slower than dim 8 within the spreads: noise, not a contradiction.
+    within = dict(consistent, **{arch_key(4): _fake(4, "fp32", 0.13, 0.01)})
+    assert order_contradictions(within) == []
+    # The measurement accident that motivated interleaving: dim 4 at 0.28 ms, dim 8 at 0.19 ms.
+    accident = dict(consistent, **{arch_key(4): _fake(4, "fp32", 0.28, 0.01), arch_key(8): _fake(8, "fp32", 0.19, 0.01)})
+    lines = order_contradictions(accident)
+    assert len(lines) == 1 and arch_key(4) in lines[0] and arch_key(8) in lines[0]
+    # A pair sharing neither dim nor precision is not compared (dim 4 fp32 vs dim 8 int8).
+    assert arch_key(8, "int8") not in lines[0]
+    # A missing spread counts as zero.
+    nospread = {arch_key(4): _fake(4, "fp32", 0.2, None), arch_key(8): _fake(8, "fp32", 0.19, None)}
+    assert len(order_contradictions(nospread)) == 1
