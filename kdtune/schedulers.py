@@ -1,0 +1,421 @@
+"""Pareto-aware asynchronous successive halving (a Ray Tune ``TrialScheduler``).
+
+Ray's ASHA and HyperBand prune on one metric and Optuna refuses to prune multi-objective studies, so
+this module stops trials whose (recall, latency) vector is poor *in the Pareto sense*. The design
+follows MOASHA (Salinas et al., "A multi-objective perspective on jointly tuning hardware and
+hyperparameters", 2021): at each rung, the objective vectors recorded there are ordered by
+non-dominated sorting, ties inside a front are broken by an epsilon-net (farthest-first traversal),
+and a trial continues iff it is in the top ``ceil(n / eta)`` of that order.
+
+Two layers:
+
+* Pure rung logic on numbers (:func:`nondominated_sort`, :func:`priority_rank`, :func:`promote`,
+  :func:`rung_milestones`): plain numpy, every column minimised (maximised objectives are negated by
+  :func:`to_minimisation`, as Optuna does). Testable without Ray.
+* :class:`ParetoASHA`, a thin ``FIFOScheduler`` subclass that records each trial's objective vector
+  when it reaches a rung, asks :func:`promote`, and (optionally) persists its rung records to JSON.
+
+How a STOP reaches the searcher (checked in ray 2.60, ``ray/tune/execution/tune_controller.py``):
+``_process_trial_result`` (l. 1559) asks ``scheduler.on_trial_result`` (l. 1581); on STOP it marks the
+result ``done`` and skips ``search_alg.on_trial_result`` (l. 1584-1589), then stores the result with
+``trial.update_last_result`` (l. 1603). The queued decision runs ``stop_trial`` (l. 1301-1302 ->
+l. 1410), which for a RUNNING trial calls ``search_alg.on_trial_complete(trial_id,
+result=flatten_dict(trial.last_result))`` (l. 1433). ``SearchGenerator`` (``search_generator.py``
+l. 133) and ``ConcurrencyLimiter`` (``concurrency_limiter.py`` l. 113) forward it, and
+``OptunaSearch.on_trial_complete`` (``optuna/optuna_search.py`` l. 543-569) tells the study the listed
+metrics with state COMPLETE. So a stopped trial enters the Optuna study with the values it reached
+at its last rung; no wrapper is needed. The one way to lose it is a stopping result without every
+searcher metric (Optuna then logs a warning and the trial stays RUNNING): this scheduler never stops
+on a result missing one of its objectives, so give the searcher the same metrics as the scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
+
+from kdtune.pareto import non_dominated
+
+__all__ = [
+    "to_minimisation",
+    "nondominated_sort",
+    "epsilon_net_order",
+    "priority_rank",
+    "promote",
+    "rung_milestones",
+    "ParetoASHA",
+]
+
+logger = logging.getLogger(__name__)
+
+CONTINUE = TrialScheduler.CONTINUE
+STOP = TrialScheduler.STOP
+_STATE_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure rung logic (numbers only)
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_objectives(objectives: Mapping[str, str]) -> None:
+    if not objectives:
+        raise ValueError("objectives must name at least one metric")
+    for name, direction in objectives.items():
+        if direction not in ("max", "min"):
+            raise ValueError(f"objective {name!r}: direction must be 'max' or 'min', got {direction!r}")
+
+
+def to_minimisation(values: Mapping[str, Any], objectives: Mapping[str, str]) -> np.ndarray:
+    """One result's objective vector in objective order, maximised metrics negated (``[m]`` floats)."""
+    _check_objectives(objectives)
+    vec = [float(values[name]) for name in objectives]
+    return np.array(
+        [-v if d == "max" else v for v, d in zip(vec, objectives.values(), strict=True)], dtype=float
+    )
+
+
+def _as_points(points: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    pts = np.asarray(points, dtype=float)
+    if pts.ndim == 1:
+        pts = pts[:, None]
+    if pts.ndim != 2:
+        raise ValueError(f"points must be 2-D [n, m], got shape {pts.shape}")
+    return pts
+
+
+def nondominated_sort(points: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """Front index of each row of ``points`` (``[n, m]``, minimised): 0 = first (non-dominated) front.
+
+    Rows holding a NaN or an infinity cannot be compared meaningfully; they all get the rank after the
+    last front of the valid rows (so they sort last). Identical rows share a front.
+    """
+    pts = _as_points(points)
+    n = pts.shape[0]
+    ranks = np.full(n, -1, dtype=int)
+    remaining = np.flatnonzero(np.isfinite(pts).all(axis=1))
+    front = 0
+    # Peel fronts: O(fronts * n^2 * m), fine for the tens to hundreds of trials a rung holds.
+    while remaining.size:
+        mask = non_dominated(pts[remaining])
+        ranks[remaining[mask]] = front
+        remaining = remaining[~mask]
+        front += 1
+    ranks[ranks < 0] = front
+    return ranks
+
+
+def epsilon_net_order(points: np.ndarray) -> np.ndarray:
+    """Indices of ``points`` (``[k, m]``, finite, already scaled) in farthest-first order.
+
+    Seeded with the row best in the first column (the first objective), then each step takes the row
+    whose distance to the nearest row already taken is largest (Clarkson's epsilon-net, as MOASHA).
+    So the order spreads along the front instead of crowding one end; a duplicate of a taken row is
+    at distance 0 and goes last. Ties go to the lower index, which keeps the order deterministic.
+    """
+    k = points.shape[0]
+    if k == 0:
+        return np.empty(0, dtype=int)
+    order = [int(np.argmin(points[:, 0]))]
+    nearest = np.linalg.norm(points - points[order[0]], axis=1)
+    taken = np.zeros(k, dtype=bool)
+    taken[order[0]] = True
+    while len(order) < k:
+        # -1 masks taken rows (distances are >= 0), so argmax picks an untaken one.
+        nxt = int(np.argmax(np.where(taken, -1.0, nearest)))
+        order.append(nxt)
+        taken[nxt] = True
+        nearest = np.minimum(nearest, np.linalg.norm(points - points[nxt], axis=1))
+    return np.array(order, dtype=int)
+
+
+def priority_rank(points: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """Position (0 = best) of each row of ``points`` in a total order: fronts first, epsilon-net inside.
+
+    Before the epsilon-net, each column is scaled to [0, 1] by its range over the finite rows: the
+    objectives live on unrelated scales (recall ~0.1, latency in ms) and an unscaled distance would
+    let the larger one decide alone. Non-finite rows come last, in index order.
+    """
+    pts = _as_points(points)
+    fronts = nondominated_sort(pts)
+    finite = np.isfinite(pts).all(axis=1)
+    scaled = np.zeros_like(pts)
+    if finite.any():
+        lo, hi = pts[finite].min(axis=0), pts[finite].max(axis=0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        scaled[finite] = (pts[finite] - lo) / span
+    order: list[int] = []
+    for f in range(int(fronts.max(initial=-1)) + 1):
+        members = np.flatnonzero(fronts == f)
+        if members.size and finite[members[0]]:
+            order.extend(members[epsilon_net_order(scaled[members])].tolist())
+        else:
+            order.extend(members.tolist())
+    rank = np.empty(pts.shape[0], dtype=int)
+    rank[np.array(order, dtype=int)] = np.arange(len(order))
+    return rank
+
+
+def promote(
+    recorded_points: np.ndarray | Sequence[Sequence[float]], candidate_index: int, eta: float
+) -> bool:
+    """True iff the candidate row ranks in the top ``ceil(n / eta)`` of the ``n`` rows recorded at a rung.
+
+    ``recorded_points`` holds every vector recorded at the rung, the candidate's included (minimised).
+    Small n: ``ceil(n / eta) >= 1``, so the first trial at a rung always continues (as Ray's ASHA
+    does); with ``eta = 3`` the second and third continue only if they rank first, the fourth to
+    sixth only if they rank in the top two, and so on.
+    """
+    if eta <= 1:
+        raise ValueError(f"eta must be > 1, got {eta}")
+    pts = _as_points(recorded_points)
+    n = pts.shape[0]
+    if not 0 <= candidate_index < n:
+        raise IndexError(f"candidate_index {candidate_index} out of range for {n} points")
+    return bool(priority_rank(pts)[candidate_index] < math.ceil(n / eta))
+
+
+def rung_milestones(grace_period: float, reduction_factor: float, max_t: float) -> list[float]:
+    """Rung milestones ``grace_period * eta**i`` strictly below ``max_t`` (``max_t`` itself is the end)."""
+    if grace_period <= 0 or reduction_factor <= 1 or max_t < grace_period:
+        raise ValueError("need grace_period > 0, reduction_factor > 1 and max_t >= grace_period")
+    out, m = [], float(grace_period)
+    while m < max_t:
+        out.append(int(m) if float(m).is_integer() else m)
+        m *= reduction_factor
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The Ray Tune scheduler
+# ----------------------------------------------------------------------------------------------
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float, or None when it is missing or not numeric."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class ParetoASHA(FIFOScheduler):
+    """Asynchronous successive halving on a Pareto objective (MOASHA's rule inside Ray Tune).
+
+    Args:
+        objectives: metric name -> ``"max"`` or ``"min"``, e.g. ``{"recall@20": "max",
+            "latency_ms": "min"}``. Every result must carry them all to be judged.
+        time_attr: monotonic progress key of the results (``training_iteration`` = epochs reported).
+        grace_period: first rung; no trial is stopped before it.
+        reduction_factor: eta; about one trial in eta continues past each rung.
+        max_t: a trial is stopped when ``time_attr`` reaches it (rungs lie strictly below).
+        state_path: JSON file for the rung records, rewritten atomically after every change and read
+            back when the scheduler starts or is unpickled (``Tuner.restore`` unpickles the scheduler
+            as it was when the Tuner was created). Keep it inside the run directory: a file left by an
+            unrelated run would be taken as this run's history.
+
+    A trial is recorded at a rung by its first result with ``time_attr >= milestone`` (the highest
+    such milestone, as ASHA), once. A trial restarted with the same id (after a restore or a failure)
+    that passes a rung it was recorded at again replaces its earlier vector there and gets the
+    decision it got then, so a resumed search decides as the uninterrupted one would have.
+    """
+
+    def __init__(
+        self,
+        objectives: Mapping[str, str],
+        time_attr: str = "training_iteration",
+        grace_period: float = 1,
+        reduction_factor: float = 3,
+        max_t: float = 100,
+        state_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__()
+        _check_objectives(objectives)
+        self._objectives = dict(objectives)
+        self._time_attr = time_attr
+        self._grace_period = grace_period
+        self._eta = reduction_factor
+        self._max_t = max_t
+        self._milestones = rung_milestones(grace_period, reduction_factor, max_t)
+        self._state_path = os.fspath(state_path) if state_path is not None else None
+        # rung index -> {trial_id: {"values": [minimised floats], "time": t, "decision": str}};
+        # dicts keep insertion order, which fixes the tie-break order across restores.
+        self._rungs: list[dict[str, dict[str, Any]]] = [{} for _ in self._milestones]
+        self._reset_live_tracking()
+        self._load()
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _reset_live_tracking(self) -> None:
+        # Per trial, since it last (re)started in this driver: rungs already handled, last time seen.
+        self._handled: dict[str, set[int]] = {}
+        self._last_time: dict[str, float] = {}
+        self._warned: set[tuple[str, str]] = set()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Tune pickles the scheduler when the Tuner is created; a restored driver unpickles that old
+        # copy, so the file on disk (if any) is the truth about what was recorded since.
+        self.__dict__.update(state)
+        self._reset_live_tracking()
+        self._load()
+
+    def _config(self) -> dict[str, Any]:
+        return {"objectives": self._objectives, "time_attr": self._time_attr, "milestones": self._milestones}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rung records as a JSON-ready dict (non-finite values written as null)."""
+        rungs = [
+            {
+                tid: {**rec, "values": [v if math.isfinite(v) else None for v in rec["values"]]}
+                for tid, rec in rung.items()
+            }
+            for rung in self._rungs
+        ]
+        return {"version": _STATE_VERSION, **self._config(), "rungs": rungs}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the rung records with ``state`` (as written by :meth:`state_dict`)."""
+        mine = json.loads(json.dumps(self._config()))
+        theirs = {k: state.get(k) for k in mine}
+        # Objective order fixes the vector layout, so compare it too (dict equality ignores it).
+        if mine != theirs or list(mine["objectives"]) != list(theirs["objectives"] or {}):
+            raise ValueError(f"scheduler state was written for {theirs}, this scheduler is {mine}")
+        self._rungs = [
+            {
+                tid: {**rec, "values": [math.nan if v is None else float(v) for v in rec["values"]]}
+                for tid, rec in rung.items()
+            }
+            for rung in state["rungs"]
+        ]
+
+    def _load(self) -> None:
+        if self._state_path and os.path.exists(self._state_path):
+            with open(self._state_path, encoding="utf-8") as fh:
+                self.load_state_dict(json.load(fh))
+            logger.info("ParetoASHA: loaded rung records from %s", self._state_path)
+
+    def _persist(self) -> None:
+        if not self._state_path:
+            return
+        tmp = f"{self._state_path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.state_dict(), fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # os.replace is atomic: a driver killed mid-write leaves the previous file, never half of one.
+        os.replace(tmp, self._state_path)
+
+    # -- the decision, on plain data -----------------------------------------------------------
+
+    def decide(self, trial_id: str, result: Mapping[str, Any]) -> str:
+        """CONTINUE or STOP for one result of ``trial_id``; records it if it reaches a new rung."""
+        t = _number(result.get(self._time_attr))
+        values = {name: _number(result.get(name)) for name in self._objectives}
+        missing = [k for k, v in values.items() if v is None] + ([self._time_attr] if t is None else [])
+        if missing:
+            for key in missing:
+                if (trial_id, key) not in self._warned:  # once per trial and key, not every epoch
+                    self._warned.add((trial_id, key))
+                    logger.warning("ParetoASHA: trial %s reported no numeric %r; continuing", trial_id, key)
+            return CONTINUE
+        if t >= self._max_t:
+            return STOP  # the trial has had its full budget (ASHA does the same)
+        last = self._last_time.get(trial_id)
+        if last is not None and t <= last:
+            # Time went back: the trial was restarted from a checkpoint (or from scratch).
+            self._handled.pop(trial_id, None)
+        self._last_time[trial_id] = t
+        reached = [i for i, m in enumerate(self._milestones) if t >= m]
+        if not reached:
+            return CONTINUE
+        rung_idx = reached[-1]
+        handled = self._handled.setdefault(trial_id, set())
+        if rung_idx in handled:
+            return CONTINUE
+        handled.add(rung_idx)
+        rung = self._rungs[rung_idx]
+        vec = to_minimisation(values, self._objectives).tolist()
+        earlier = rung.get(trial_id)
+        if earlier is not None:
+            # Re-run of a trial recorded here before: replace its vector only if it passed the
+            # milestone at or before the point it was first recorded (a resume from a later
+            # checkpoint does not re-measure the rung), and repeat the decision it got then.
+            if t <= earlier["time"]:
+                earlier.update(values=vec, time=t)
+                self._persist()
+            return earlier["decision"]
+        rung[trial_id] = {"values": vec, "time": t, "decision": CONTINUE}
+        ids = list(rung)
+        points = np.array([rung[i]["values"] for i in ids], dtype=float)
+        decision = CONTINUE if promote(points, ids.index(trial_id), self._eta) else STOP
+        rung[trial_id]["decision"] = decision
+        self._persist()
+        logger.debug(
+            "ParetoASHA: trial %s at rung %s (%d recorded): %s",
+            trial_id, self._milestones[rung_idx], len(rung), decision,
+        )  # fmt: skip
+        return decision
+
+    def _forget(self, trial_id: str) -> None:
+        self._handled.pop(trial_id, None)
+        self._last_time.pop(trial_id, None)
+
+    # -- TrialScheduler hooks ------------------------------------------------------------------
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        """Accept and ignore TuneConfig's metric/mode: the objectives are this scheduler's own."""
+        return True
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        """Judge one result (see :meth:`decide`)."""
+        return self.decide(trial.trial_id, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        """Drop the trial's live tracking; its rung records stay."""
+        self._forget(trial.trial_id)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self._forget(trial.trial_id)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._forget(trial.trial_id)
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Per rung: milestone, trials recorded, promoted (CONTINUE) and stopped (STOP)."""
+        rungs = []
+        for milestone, rung in zip(self._milestones, self._rungs, strict=True):
+            stopped = sum(rec["decision"] == STOP for rec in rung.values())
+            rungs.append(
+                {
+                    "milestone": milestone,
+                    "recorded": len(rung),
+                    "promoted": len(rung) - stopped,
+                    "stopped": stopped,
+                }
+            )
+        return {
+            "objectives": dict(self._objectives),
+            "time_attr": self._time_attr,
+            "reduction_factor": self._eta,
+            "max_t": self._max_t,
+            "rungs": rungs,
+        }
+
+    def debug_string(self) -> str:
+        """One line for Tune's status table: objectives, eta, and per rung promoted/recorded."""
+        parts = [f"{r['milestone']}: {r['promoted']}/{r['recorded']} promoted" for r in self.stats()["rungs"]]
+        objs = ", ".join(f"{k} {v}" for k, v in self._objectives.items())
+        return f"Using ParetoASHA ({objs}; eta={self._eta}, max_t={self._max_t}, {self._time_attr}): " + (
+            " | ".join(parts) if parts else "no rungs below max_t"
+        )
