@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdtune import latency_plan, pareto, rundir
+from kdtune import latency_plan, pareto, rundir, study
 from kdtune.baselines import DISTILLED, PLAIN, plain_id, plain_students, teacher_row
 from kdtune.cli import UsageError
 from kdtune.data import Interactions, Split
@@ -175,13 +175,26 @@ def export_run(
           + baselines[[c for c in base_columns if c in baselines]].to_markdown(index=False, floatfmt=".4g") + "\n")
     paths["md"].write_text(md)
     payload = json.loads(paths["json"].read_text())
-    payload["baselines"] = json.loads(baselines.to_json(orient="records"))
+    payload["baselines"] = json.loads(baselines.to_json(orient="records", double_precision=15))
     payload["latency"] = note
     paths["json"].write_text(json.dumps(payload, indent=2) + "\n")
     png = pareto.plot_front(
         finished, front, x="latency_ms", y=recall, baselines=baselines, path=run_dir / "pareto.png",
         xerr="latency_spread_ms",
         title=f"{len(finished)} students + plain baselines, validation {recall} vs latency ({catalog:,} items)")
+
+    # The run as an Optuna study (optuna-dashboard, optuna.load_study): its best trials are this front.
+    scored = front.set_index("trial_id")[[c for c in front if c.startswith("test_")]]
+    study_rows = candidates.drop(columns=[c for c in candidates if c.startswith("test_")]).join(
+        scored, on="trial_id")
+    try:
+        study_file = study.write_study(
+            run_dir, study_rows, objectives, space, teacher=teacher.dropna().to_dict(),
+            errored=trials[trials["outcome"].eq(ERROR)], pruned=trials[trials["outcome"].eq(STOPPED)],
+            attrs={"k": k, "latency_catalog_items": catalog})
+    except (KeyError, ValueError) as exc:  # the tables are written; the study is a convenience
+        log.warning("could not write the Optuna study: %s", exc)
+        study_file = None
 
     ref = pareto.default_reference(candidates, objectives)
     run["hypervolume"] = {"value": pareto.hypervolume(candidates, objectives, ref), "reference": ref,
@@ -203,8 +216,9 @@ def export_run(
     if catalog < 20_000:
         table += (f"\n\nAt {catalog:,} items latency is mostly fixed overhead (kernel launches, top-k), so it "
                   "barely tracks model size; pass --catalog-size N to measure at the catalogue you serve.")
+    files = [run_dir / "trials.csv", *paths.values(), png, base_path, run_dir / "run.json"]
     return ExportResult(trials=trials, front=front, baselines=baselines, table=table,
-                        files=[run_dir / "trials.csv", *paths.values(), png, base_path, run_dir / "run.json"])
+                        files=files + ([study_file] if study_file else []))
 
 
 def _fresh_dir(path: Path) -> Path:

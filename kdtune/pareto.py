@@ -223,8 +223,8 @@ def write_front(
     paths["md"].write_text("\n".join(md))
 
     payload = {
-        "front": json.loads(table.to_json(orient="records")),
-        "baselines": json.loads(base.to_json(orient="records")) if base is not None else [],
+        "front": json.loads(table.to_json(orient="records", double_precision=15)),
+        "baselines": json.loads(base.to_json(orient="records", double_precision=15)) if base is not None else [],
     }
     paths["json"].write_text(json.dumps(payload, indent=2) + "\n")
     return paths

@@ -95,12 +95,12 @@ def make_scheduler(args, space: SearchSpace, run_dir: Path, k: int):
         from kdtune.space import TRAIN_DEFAULTS
 
         epochs = int(TRAIN_DEFAULTS["epochs"])
-    # max_t one past the epoch budget: a trial that trains its whole budget still sends its final report
-    # (best epoch over all validation users, with its weights) rather than being cut at its last epoch.
+    # Rungs lie below the epoch budget; a trial that trains its whole budget ends by itself, so that its
+    # final report (best epoch over all validation users, with its weights) always arrives.
     return ParetoASHA(
         objectives={f"recall@{k}": "max", "latency_ms": "min"}, time_attr="epoch",
-        grace_period=args.grace_epochs, reduction_factor=args.reduction_factor, max_t=epochs + 1,
-        state_path=str(run_dir / SCHEDULER_STATE),
+        grace_period=min(args.grace_epochs, epochs), reduction_factor=args.reduction_factor, max_t=epochs,
+        state_path=str(run_dir / SCHEDULER_STATE), final_key="final", stop_at_max_t=False,
     )
 
 
@@ -172,6 +172,9 @@ def execute(
     if resumed and tune.Tuner.can_restore(exp_path):
         print(f"Resuming the search in {exp_path}", flush=True)
         prepare_resume(exp_path, run_dir)
+        from kdtune.schedulers import ParetoASHA
+
+        ParetoASHA.relocate(run_dir)  # the run may have moved since its scheduler was pickled
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=False)
     else:
         concurrency = args.concurrency or default_concurrency(res)

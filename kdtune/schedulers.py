@@ -218,6 +218,10 @@ class ParetoASHA(FIFOScheduler):
         grace_period: first rung; no trial is stopped before it.
         reduction_factor: eta; about one trial in eta continues past each rung.
         max_t: a trial is stopped when ``time_attr`` reaches it (rungs lie strictly below).
+        final_key: results where this key is true (a trial's closing report, sent after its last epoch
+            with its best epoch's figures) are passed through untouched: not recorded, never stopped.
+        stop_at_max_t: stop a trial when ``time_attr`` reaches ``max_t`` (ASHA's rule). ``False`` lets
+            the trial end by itself, so its closing report (and checkpoint) still arrives.
         state_path: JSON file for the rung records, rewritten atomically after every change and read
             back when the scheduler starts or is unpickled (``Tuner.restore`` unpickles the scheduler
             as it was when the Tuner was created). Keep it inside the run directory: a file left by an
@@ -237,6 +241,8 @@ class ParetoASHA(FIFOScheduler):
         reduction_factor: float = 3,
         max_t: float = 100,
         state_path: str | os.PathLike[str] | None = None,
+        final_key: str | None = None,
+        stop_at_max_t: bool = True,
     ) -> None:
         super().__init__()
         _check_objectives(objectives)
@@ -245,6 +251,8 @@ class ParetoASHA(FIFOScheduler):
         self._grace_period = grace_period
         self._eta = reduction_factor
         self._max_t = max_t
+        self._final_key = final_key
+        self._stop_at_max_t = stop_at_max_t
         self._milestones = rung_milestones(grace_period, reduction_factor, max_t)
         self._state_path = os.fspath(state_path) if state_path is not None else None
         # rung index -> {trial_id: {"values": [minimised floats], "time": t, "decision": str}};
@@ -261,10 +269,21 @@ class ParetoASHA(FIFOScheduler):
         self._last_time: dict[str, float] = {}
         self._warned: set[tuple[str, str]] = set()
 
+    # Set by the driver (``relocate``) before a restore: the run directory may have moved since the
+    # scheduler was pickled, so its state file is looked up there, by name.
+    state_dir: str | None = None
+
+    @classmethod
+    def relocate(cls, directory: str | os.PathLike[str] | None) -> None:
+        """Have restored schedulers keep their state file in ``directory`` (the run's current place)."""
+        cls.state_dir = os.fspath(directory) if directory is not None else None
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Tune pickles the scheduler when the Tuner is created; a restored driver unpickles that old
         # copy, so the file on disk (if any) is the truth about what was recorded since.
         self.__dict__.update(state)
+        if self._state_path and type(self).state_dir:
+            self._state_path = os.path.join(type(self).state_dir, os.path.basename(self._state_path))
         self._reset_live_tracking()
         self._load()
 
@@ -318,6 +337,8 @@ class ParetoASHA(FIFOScheduler):
 
     def decide(self, trial_id: str, result: Mapping[str, Any]) -> str:
         """CONTINUE or STOP for one result of ``trial_id``; records it if it reaches a new rung."""
+        if self._final_key is not None and result.get(self._final_key):
+            return CONTINUE
         t = _number(result.get(self._time_attr))
         values = {name: _number(result.get(name)) for name in self._objectives}
         missing = [k for k, v in values.items() if v is None] + ([self._time_attr] if t is None else [])
@@ -328,7 +349,8 @@ class ParetoASHA(FIFOScheduler):
                     logger.warning("ParetoASHA: trial %s reported no numeric %r; continuing", trial_id, key)
             return CONTINUE
         if t >= self._max_t:
-            return STOP  # the trial has had its full budget (ASHA does the same)
+            # the trial has had its full budget (ASHA stops it; it may also be left to end itself)
+            return STOP if self._stop_at_max_t else CONTINUE
         last = self._last_time.get(trial_id)
         if last is not None and t <= last:
             # Time went back: the trial was restarted from a checkpoint (or from scratch).

@@ -90,6 +90,7 @@ def write_study(
     study_name: str = "kdtune",
     teacher: Mapping[str, Any] | pd.Series | None = None,
     errored: pd.DataFrame | None = None,
+    pruned: pd.DataFrame | None = None,
     attrs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``candidates`` (and ``errored`` trials) as one Optuna study in a journal file; return its path.
@@ -105,6 +106,9 @@ def write_study(
 
     ``errored`` (``trial_id``, params, ``error``) become FAIL trials; an errored ``trial_id`` that is
     also a candidate is not added twice, its ``error`` goes to the candidate's user attributes.
+    ``pruned`` (``trial_id``, params, the metrics the trial reached) are trials a scheduler stopped at a
+    rung: PRUNED trials (what Optuna calls a trial stopped early), whose last reported metrics are user
+    attributes; they are not candidates of the front, so they are never among ``best_trials``.
     ``teacher`` (its figures: dim, scores, size...) is stored as study user attribute ``"teacher"``;
     ``attrs`` (e.g. ``{"latency_catalog_items": 1_000_000, "k": 20}``) as further study user attributes.
 
@@ -121,7 +125,7 @@ def write_study(
         directions.append(_DIRECTIONS[direction])
     if not directions:
         raise ValueError("objectives must name at least one column")
-    for name, table in (("candidates", candidates), ("errored", errored)):
+    for name, table in (("candidates", candidates), ("errored", errored), ("pruned", pruned)):
         if table is not None and len(table) and "trial_id" not in table.columns:
             raise KeyError(f"{name}: no trial_id column")
     ids = candidates["trial_id"].astype(str) if len(candidates) else pd.Series([], dtype=str)
@@ -141,6 +145,8 @@ def write_study(
     trials = [_trial(row, objectives, space, errors.get(str(row["trial_id"])))
               for row in candidates.to_dict("records")]
     trials += [_trial(row, objectives, space, row.get("error"), failed=True) for row in extra_failed]
+    if pruned is not None:
+        trials += [_trial(row, objectives, space, None, state=TrialState.PRUNED) for row in pruned.to_dict("records")]
 
     study_attrs: dict[str, Any] = {
         "objectives": dict(objectives),
@@ -278,14 +284,14 @@ def _param_value(param: Param, value: Any) -> Any:
 
 
 def _trial(row: Mapping[str, Any], objectives: Mapping[str, str], space: SearchSpace, error: Any,
-           failed: bool = False) -> optuna.trial.FrozenTrial:
+           failed: bool = False, state: TrialState = TrialState.FAIL) -> optuna.trial.FrozenTrial:
     """One candidate (or errored) row as a FrozenTrial ready for ``study.add_trial``."""
     trial_id = str(row["trial_id"])
     kind = row.get("kind")
     kind = "distilled" if _missing(kind) else str(kind)
     values = [pd.to_numeric(pd.Series([row.get(c)]), errors="coerce").iloc[0] for c in objectives]
     missing = [c for c, v in zip(objectives, values, strict=True) if math.isnan(v)]
-    complete = not failed and not missing
+    complete = not failed and not missing and state != TrialState.PRUNED
     # Strict only where a wrong param would misplace a COMPLETE trial of the search itself.
     strict = complete and kind != "plain"
 
@@ -319,7 +325,7 @@ def _trial(row: Mapping[str, Any], objectives: Mapping[str, str], space: SearchS
             if param.active(params):
                 add(param)
 
-    skip = set(params) | set(objectives) | SKIPPED_COLUMNS
+    skip = set(params) | SKIPPED_COLUMNS | (set(objectives) if state != TrialState.PRUNED else set())
     if kind != "plain":
         # Fixed values live in the study's `space` attribute; an inactive conditional param's cell
         # (normally NaN) is not an attribute either. A plain student keeps its other cells (loss=bpr).
@@ -328,11 +334,10 @@ def _trial(row: Mapping[str, Any], objectives: Mapping[str, str], space: SearchS
     user_attrs.update(trial_id=trial_id, kind=kind)
     if not _missing(error):
         user_attrs["error"] = _plain(error)
-    elif missing and "error" not in user_attrs:
+    elif missing and "error" not in user_attrs and state != TrialState.PRUNED:
         user_attrs["error"] = "missing objective(s): " + ", ".join(missing)
 
     if complete:
         return optuna.trial.create_trial(params=params, distributions=dists,
                                          values=[float(v) for v in values], user_attrs=user_attrs)
-    return optuna.trial.create_trial(state=TrialState.FAIL, params=params, distributions=dists,
-                                     user_attrs=user_attrs)
+    return optuna.trial.create_trial(state=state, params=params, distributions=dists, user_attrs=user_attrs)

@@ -91,8 +91,10 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
     }
 
     def report_epoch(row: dict) -> None:
-        tune.report({**{name: value for name, value in row.items() if name != "n_users"}, **fixed,
-                     "final": False})
+        # "loss" names the trial's distillation loss in its config: the training loss is "train_loss"
+        metrics = {("train_loss" if name == "loss" else name): value for name, value in row.items()}
+        metrics.pop("n_users", None)
+        tune.report({**metrics, **fixed, "final": False})
 
     student, result = distill(
         knowledge.model(), knowledge.topn, split.train, split.valid, dim, loss, seed=settings.seed,
@@ -101,7 +103,7 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
     metrics = {
         **{name: value for name, value in result.best_metrics.items() if name != "n_users"},
         "epoch": result.epochs_run,
-        "loss": result.history[-1]["loss"] if result.history else None,
+        "train_loss": result.history[-1]["loss"] if result.history else None,
         **fixed,
         "final": True,
         "params": student.n_params(),

@@ -167,6 +167,18 @@ def test_scheduler_stops_a_dominated_trial_and_runs_the_good_one_to_max_t() -> N
     assert "1/2 promoted" in s.debug_string()
 
 
+def test_closing_reports_pass_through_and_a_full_budget_ends_by_itself() -> None:
+    s = ParetoASHA(OBJ, grace_period=1, reduction_factor=3, max_t=3, final_key="final", stop_at_max_t=False)
+    assert s.decide("good", _res(1, 0.3, 1.0)) == CONTINUE
+    assert s.decide("bad", _res(1, 0.1, 5.0)) == STOP
+    assert [s.decide("good", _res(t, 0.3, 1.0)) for t in (2, 3)] == [CONTINUE, CONTINUE]  # max_t: no stop
+    # the closing report (same epoch, better figures) is neither recorded nor judged
+    before = s.stats()
+    assert s.decide("good", {**_res(3, 0.9, 1.0), "final": True}) == CONTINUE
+    assert s.decide("late", {**_res(1, 0.0, 9.0), "final": True}) == CONTINUE  # would be dominated
+    assert s.stats() == before
+
+
 def test_missing_metric_continues_and_is_recorded_later() -> None:
     s = ParetoASHA(OBJ, grace_period=1, reduction_factor=3, max_t=9)
     assert s.decide("a", _res(1, 0.3, None)) == CONTINUE

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -15,7 +16,7 @@ from kdtune.cli import run_cli
 from kdtune.search import main
 
 DATA = "synthetic:users=300,items=400"
-COMMON = ["--space", "smoke", "--data", DATA, "--teacher-epochs", "3", "--concurrency", "2"]
+COMMON = ["--space", "smoke", "--data", DATA, "--teacher-epochs", "3", "--grace-epochs", "1", "--concurrency", "2"]
 
 
 def run_search(args: list[str]) -> int:
@@ -37,7 +38,8 @@ def finished_run(ray_cluster, cache, tmp_path_factory):
 
 def test_search_exports_a_consistent_front(finished_run):
     out, seconds = finished_run
-    for name in ["trials.csv", "pareto.csv", "pareto.md", "pareto.json", "pareto.png", "run.json"]:
+    for name in ["trials.csv", "pareto.csv", "pareto.md", "pareto.json", "pareto.png", "run.json",
+                 "optuna-journal.log", "teacher.pt"]:
         assert (out / name).stat().st_size > 0, name
     run = json.loads((out / "run.json").read_text())
     trials = pd.read_csv(out / "trials.csv")
@@ -45,25 +47,74 @@ def test_search_exports_a_consistent_front(finished_run):
     assert run["status"] == "finished"
     assert len(trials) == 4 and set(trials["status"]) == {"TERMINATED"}
     objectives = {"recall@20": "max", "latency_ms": "min"}
-    # the exported front is exactly the non-dominated set of the trial table
-    expected = pareto.pareto_front(trials, objectives)
+    # the front is exactly the non-dominated set of the finished trials and the plain students together
+    payload = json.loads((out / "pareto.json").read_text())
+    plain = pd.DataFrame([b for b in payload["baselines"] if b["kind"] == "plain"])
+    assert sorted(plain["trial_id"]) == ["plain-dim4", "plain-dim8"]
+    candidates = pd.concat([trials[trials["outcome"] == "finished"], plain], ignore_index=True)
+    expected = pareto.pareto_front(candidates, objectives)
     assert sorted(front["trial_id"]) == sorted(expected["trial_id"])
-    assert pareto.non_dominated(-front[["recall@20"]].assign(lat=-front["latency_ms"]).to_numpy()).all()
-    merged = front.merge(trials, on="trial_id", suffixes=("", "_trial"))
-    assert (merged["recall@20"] == merged["recall@20_trial"]).all()
+    assert set(front["kind"]) <= {"distilled", "plain"}
+    merged = front.merge(candidates, on="trial_id", suffixes=("", "_c"))
+    assert np.allclose(merged["recall@20"], merged["recall@20_c"], rtol=1e-12)
     assert front["test_recall@20"].between(0, 1).all()
     for weights in front["weights"]:
         assert (out / weights / "student.pt").exists()
-    # the teacher was trained once, before the trials, and recorded
-    assert run["teacher"]["from_cache"] is False
+    # one latency figure per architecture everywhere: trials, baselines, front (the measurement after the search)
+    after = run["latency"]["after"]["profiles"]
+    assert set(after) == set(run["latency"]["before"]["profiles"]) == {
+        f"dim={d},precision=fp32" for d in (4, 8, 64)}
+    for table in (trials, front, plain):
+        for _, row in table.iterrows():
+            assert row["latency_ms"] == pytest.approx(after[f"dim={int(row['dim'])},precision=fp32"]["latency_ms"],
+                                                      rel=1e-12)
+    # the run's Optuna study: its best trials are the exported front
+    from kdtune.study import load_study
+
+    study = load_study(out)
+    assert sorted(t.user_attrs["trial_id"] for t in study.best_trials) == sorted(front["trial_id"])
+    # the teacher was trained once, before the trials, recorded and kept in the run
+    assert run["teacher"]["from_cache"] is False and run["teacher"]["content_hash"]
     assert run["timings"]["teacher_s"] > 0 and run["hypervolume"]["value"] > 0
-    payload = json.loads((out / "pareto.json").read_text())
     assert payload["baselines"][0]["model"].startswith("teacher")
-    assert {f"plain student dim={d}" for d in (4, 8)} <= {b["model"] for b in payload["baselines"]}
-    assert all(b["isolated_latency_ms"] > 0 and b["latency_ms"] > 0 for b in payload["baselines"])
-    # every dim of the space and the teacher's were timed before the trials
-    assert set(run["latency_prebench"]) == {"4", "8", "64"}
+    # the paths the run uses to find its parts are relative: the directory can be moved
+    # (only the command line, echoed as typed, may hold the absolute --out and --cache-dir of this test)
+    record = {key: value for key, value in run.items() if key not in ("command", "search", "data")}
+    assert str(out) not in json.dumps(record)
+    assert (run["experiment_path"], run["space_file"], run["teacher"]["file"]) == ("ray/search", "space.yaml",
+                                                                                   "teacher.pt")
     assert seconds < 300  # ~60 s on a quiet 2-core machine (see BENCHMARKS.md)
+
+
+def test_every_epoch_reaches_tune(finished_run):
+    out, _ = finished_run
+    trials = pd.read_csv(out / "trials.csv")
+    for path in out.glob("ray/search/train_student_*/result.json"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        epochs = [r["epoch"] for r in rows if not r["final"]]
+        assert epochs == list(range(1, len(epochs) + 1)) and epochs
+        assert all(r["latency_ms"] > 0 for r in rows)
+    assert len(list(out.glob("ray/search/train_student_*/result.json"))) == len(trials)
+
+
+def test_a_copied_run_exports_and_a_lost_teacher_is_refused(finished_run, tmp_path, capsys):
+    import shutil
+
+    from kdtune.export import main as export_main
+
+    out, _ = finished_run
+    copy = tmp_path / "copied"
+    shutil.copytree(out, copy)
+    (copy / "pareto.csv").unlink()
+    assert export_main([str(copy)]) == 0
+    assert sorted(pd.read_csv(copy / "pareto.csv")["trial_id"]) == sorted(pd.read_csv(out / "pareto.csv")["trial_id"])
+    (copy / "teacher.pt").unlink()
+    run = json.loads((copy / "run.json").read_text())
+    run["data"]["cache_dir"] = str(tmp_path / "empty-cache")
+    (copy / "run.json").write_text(json.dumps(run))
+    assert run_cli(export_main, [str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "lost its teacher" in err
 
 
 def test_second_identical_run_loads_the_teacher(finished_run, cache, tmp_path):

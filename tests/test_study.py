@@ -162,6 +162,17 @@ def test_errored_and_unreported_trials_fail(tmp_path, candidates, space, errored
     assert alone["t6"].user_attrs["error"] == "missing objective(s): latency_ms"
 
 
+def test_trials_stopped_at_a_rung_are_pruned_and_never_best(tmp_path, candidates, space):
+    # a stopped trial that reached a point that would dominate the whole front: still not a best trial
+    stopped = pd.DataFrame([_row("s0", "rd", 4, 0.02, 0.7, 0.99, 0.01, rd_k=10.0, rd_lambda=3.0, epoch=3)])
+    study = _open(write_study(tmp_path / STUDY_FILE, candidates, OBJ, space, pruned=stopped))
+    s0 = _by_id(study)["s0"]
+    assert s0.state == TrialState.PRUNED and s0.values is None
+    assert s0.user_attrs["recall@20"] == 0.99 and s0.user_attrs["epoch"] == 3
+    assert s0.params["rd_k"] == 10 and "error" not in s0.user_attrs
+    assert "s0" not in {t.user_attrs["trial_id"] for t in study.best_trials}
+
+
 def test_rewrite_replaces_without_duplicates(tmp_path, candidates, space, errored):
     first = write_study(tmp_path, candidates, OBJ, space, errored=errored)  # a directory: STUDY_FILE in it
     assert first == tmp_path / STUDY_FILE
