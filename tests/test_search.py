@@ -159,6 +159,11 @@ def test_killed_driver_resumes_without_losing_trials(ray_cluster, cache, tmp_pat
     for name in ["searcher-state-*.pkl", "experiment_state-*.json"]:
         for path in out.glob(f"ray/search/{name}"):
             path.write_bytes(path.read_bytes()[:7])
+    # ... and the interrupted run is moved elsewhere before it is resumed
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    out.rename(moved)
+    out = moved
     assert run_search(["--resume", str(out)]) == 0
     table = pd.read_csv(out / "trials.csv")
     assert len(table) == trials and table["trial_id"].is_unique
@@ -239,8 +244,11 @@ def test_diverging_trial_is_recorded_and_the_search_goes_on(ray_cluster, cache, 
         "fixed: {epochs: 2, patience: 2, batch_size: 1024}\n"
     )
     out = tmp_path / "run"
-    # seed 0 draws mse_diff, rd, rd, mse_diff (the random sampler is deterministic under a seed)
+    # seed 0 draws mse_diff, rd, rd, mse_diff (the random sampler is deterministic under a seed); the
+    # experiment lives outside the run, in storage given as a URI, which export reads through pyarrow
+    storage = (tmp_path / "storage").as_uri()
     argv = ["--trials", "4", "--sampler", "random", "--seed", "0", "--out", str(out), "--cache-dir", cache,
+            "--storage", storage, "--scheduler", "none",
             "--space", str(space), "--data", DATA, "--teacher-epochs", "3", "--concurrency", "2"]
     assert run_search(argv) == 0
     table = pd.read_csv(out / "trials.csv")
@@ -248,3 +256,7 @@ def test_diverging_trial_is_recorded_and_the_search_goes_on(ray_cluster, cache, 
     assert len(table) == 4 and set(failed["loss"]) == {"mse_diff"} and len(failed) == 2
     assert failed["error"].str.contains("DivergedError").all()
     assert (table["status"] == "TERMINATED").sum() == 4 - len(failed) >= 1
+    run = json.loads((out / "run.json").read_text())
+    assert run["experiment_path"] == f"{storage}/search" and not (out / "ray").exists()
+    for weights in pd.read_csv(out / "pareto.csv")["weights"]:
+        assert (out / weights / "student.pt").exists()
