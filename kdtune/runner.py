@@ -15,8 +15,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from kdtune import export, latency_plan, rundir
 from kdtune.cli import DataArgs
+from kdtune.cluster import fit_to_nodes, node_sizes
 from kdtune.data import Interactions, Split
-from kdtune.resources import fit_to_nodes, node_sizes
 from kdtune.space import SearchSpace
 from kdtune.teacher import (
     TeacherKnowledge,

@@ -26,6 +26,7 @@ from kdtune.cli import (
     run_cli,
     setup_logging,
 )
+from kdtune.cluster import start_ray
 from kdtune.rundir import SPACE_FILE, new_run_dir, read_run, space_path, write_run
 from kdtune.space import load_space
 
@@ -127,47 +128,6 @@ def versions() -> dict:
     return {"kdtune": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
             "numpy": numpy.__version__, "pandas": pandas.__version__, "ray": ray.__version__,
             "optuna": optuna.__version__}
-
-
-def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail fast on a cluster address nothing answers at (Ray itself would retry for minutes)."""
-    import socket
-
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
-    except ValueError:
-        raise UsageError(f"--address {address!r}: expected 'auto' or host:port") from None
-    except OSError as exc:
-        raise UsageError(f"could not connect to the Ray cluster at {address}: {exc}") from None
-
-
-def start_ray(args: SearchArgs) -> bool:
-    """Connect to ``--address`` or start a local Ray; returns whether this process started Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kw = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if args.address and args.address != "auto":
-        check_reachable(args.address)
-    try:
-        if args.address:
-            ctx = ray.init(address=args.address, **kw)
-        else:
-            # address="local": always a Ray of our own, never whatever cluster an old session recorded
-            ctx = ray.init(address="local", include_dashboard=True, dashboard_host=args.dashboard_host,
-                           dashboard_port=args.dashboard_port, **kw)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = args.address or "a local Ray"
-        raise UsageError(f"could not connect to {where}: {str(exc).splitlines()[0]}") from None
-    url = getattr(ctx, "dashboard_url", None)
-    if url:
-        print(f"Ray dashboard: http://{url}", flush=True)
-        token = Path("~/.ray/auth_token").expanduser()
-        if token.exists():
-            print(f"  token authentication is on; the token is in {token}", flush=True)
-    return True
 
 
 def main(argv: list[str] | None = None) -> int:
