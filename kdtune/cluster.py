@@ -107,7 +107,7 @@ def start_ray(args) -> bool:
         else:
             ctx = ray.init(address="local", include_dashboard=True, dashboard_host=args.dashboard_host,
                            dashboard_port=args.dashboard_port, **kw)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+    except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
         where = args.address or "a local Ray"
         raise UsageError(f"could not connect to {where}: {str(exc).splitlines()[0]}") from None
     url = getattr(ctx, "dashboard_url", None)

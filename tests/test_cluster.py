@@ -2,9 +2,12 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -50,8 +53,10 @@ def test_search_on_a_cluster_of_one_cpu_nodes(tmp_path):
     assert len(pd.read_csv(out / "pareto.csv")) >= 1
 
 
-def test_a_stale_record_of_a_dead_cluster(tmp_path):
-    # Ray records the last cluster it started under <TMPDIR>/ray; this one is long dead
+def test_a_stale_record_of_a_dead_cluster():
+    # Ray records the last cluster it started under <TMPDIR>/ray; this one is long dead. (A short
+    # TMPDIR: Ray's socket paths below it must stay under the 107 bytes of a Unix socket name.)
+    tmp_path = Path(tempfile.mkdtemp(prefix="kdt"))
     (tmp_path / "ray").mkdir()
     (tmp_path / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")
     env = {"TMPDIR": str(tmp_path), "RAY_ADDRESS": ""}
@@ -66,3 +71,4 @@ def test_a_stale_record_of_a_dead_cluster(tmp_path):
     own = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, **env})
     assert own.returncode == 0 and time.perf_counter() - t0 < 60, own.stderr[-2000:]
+    shutil.rmtree(tmp_path, ignore_errors=True)
