@@ -11,15 +11,15 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from kdtune.data import DataError, Interactions, Split, load, split
+from kdtune.data import Interactions, Split, load, split
+from kdtune.errors import KdtuneError, UsageError
+
+__all__ = ["UsageError", "DataArgs", "add_dataclass_args", "arg", "from_namespace", "prepare_data", "run_cli",
+           "setup_logging"]
 
 log = logging.getLogger("kdtune")
 
 DEFAULT_CACHE = "~/.cache/kdtune"
-
-
-class UsageError(ValueError):
-    """A command-line value that makes no sense (reported in one line, exit code 2)."""
 
 
 def arg(default, help: str, **kw):
@@ -87,12 +87,14 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run ``main``; user errors become one line on stderr and exit code 2, never a traceback."""
-    from kdtune.space import SpaceError  # late: keeps `kdtune.cli` light for import
+    """Run ``main``; a `KdtuneError` (the user's to fix) becomes one line on stderr and exit code 2.
 
+    Anything else is a bug and keeps its traceback: library code turns a user's missing or unreadable
+    file into a `DataError`/`UsageError` where it opens it, so a stray ``FileNotFoundError`` is not hidden.
+    """
     try:
         return int(main(argv) or 0)
-    except (DataError, SpaceError, UsageError, FileNotFoundError) as exc:
+    except KdtuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,8 +17,9 @@ from kdtune.data.formats import (
     load_table,
 )
 from kdtune.data.generator import synthetic
-from kdtune.data.interactions import DataError, Interactions, Split
+from kdtune.data.interactions import Interactions, Split
 from kdtune.data.splits import SPLIT_METHODS, split
+from kdtune.errors import DataError
 
 __all__ = [
     "DEFAULT_CACHE_DIR", "FORMATS", "MOVIELENS_FILES", "MOVIELENS_SHA256", "SPLIT_METHODS", "DataError",

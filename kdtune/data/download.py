@@ -11,7 +11,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from kdtune.data.interactions import DataError
+from kdtune.errors import DataError
 
 MOVIELENS_FILES = ("u.data", "ratings.dat", "ratings.csv")  # ML-100K, ML-1M/10M, ML-latest/20M/25M
 MOVIELENS_BASE_URL = "https://files.grouplens.org/datasets/movielens"
@@ -48,6 +48,15 @@ def fetch_movielens(
         if (target_dir / fname).is_file():
             return target_dir / fname
     url = f"{(base_url or MOVIELENS_BASE_URL).rstrip('/')}/{name}.zip"
+    try:
+        return _download(name, root, target_dir, url, timeout)
+    except OSError as exc:  # the cache folder (the user's --cache-dir) is not writable
+        raise DataError(f"could not write the dataset cache {root}: {exc.strerror or exc} "
+                        "(choose another cache folder)") from exc
+
+
+def _download(name: str, root: Path, target_dir: Path, url: str, timeout: float) -> Path:
+    """Download, check and extract into ``target_dir``; OSErrors of the cache folder propagate."""
     root.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=root, prefix=f"{name}.", suffix=".zip.part")
     try:

@@ -14,7 +14,8 @@ import pandas as pd
 
 from kdtune.data.download import DEFAULT_CACHE_DIR, MOVIELENS_FILES, MOVIELENS_NAME, fetch_movielens
 from kdtune.data.generator import parse_synthetic_spec, synthetic
-from kdtune.data.interactions import DataError, Interactions
+from kdtune.data.interactions import Interactions
+from kdtune.errors import DataError
 
 FORMATS = ("movielens", "citeulike", "csv", "tsv", "parquet")
 
@@ -73,12 +74,14 @@ def load_movielens(path: str | os.PathLike, min_rating: float | None = 4.0) -> I
     path = _check_file(path)
     first = _first_line(path)
     layout = _movielens_layout(path, first)
-    # ML-1M's "::" separator would need pandas' slow python engine: turn it into tabs first.
-    source = io.BytesIO(path.read_bytes().replace(b"::", b"\t")) if layout == "1m" else path
     header = 0 if layout == "csv" and not first.split(",")[0].strip().lstrip("-").isdigit() else None
     try:
+        # ML-1M's "::" separator would need pandas' slow python engine: turn it into tabs first.
+        source = io.BytesIO(path.read_bytes().replace(b"::", b"\t")) if layout == "1m" else path
         df = pd.read_csv(source, sep="," if layout == "csv" else "\t", header=header, usecols=[0, 1, 2, 3])
         cols = df.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    except OSError as exc:
+        raise DataError(f"could not read {path}: {exc.strerror or exc}") from exc
     except (ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: malformed MovieLens file ({str(exc).splitlines()[0]})") from exc
     if np.isnan(cols).any():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kdtune.data.interactions import DataError, Interactions
+from kdtune.data.interactions import Interactions
+from kdtune.errors import DataError
 
 
 def synthetic(

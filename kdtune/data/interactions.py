@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-
-class DataError(ValueError):
-    """A data problem the user can fix (missing file, malformed line, empty data...)."""
+from kdtune.errors import DataError
 
 
 @dataclass

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdtune.data.interactions import DataError, Interactions, Split
+from kdtune.data.interactions import Interactions, Split
+from kdtune.errors import DataError
 
 SPLIT_METHODS = ("random", "temporal")
 
@@ -51,7 +52,11 @@ def split(
     if assign is None:
         assign = _random_assign(data, ratios, seed) if method == "random" else _temporal_assign(data)
         if cache_file is not None:
-            _atomic_save({"assign": assign, "nnz": data.nnz, "method": method}, cache_file)
+            try:
+                _atomic_save({"assign": assign, "nnz": data.nnz, "method": method}, cache_file)
+            except OSError as exc:  # the user's --cache-dir: a file, read-only, full...
+                raise DataError(f"could not write the split cache {cache_file}: {exc.strerror or exc} "
+                                "(choose another cache folder)") from exc
     return Split(
         train=data.subset(assign == 0, name=f"{data.name} [train]"),
         valid=data.subset(assign == 1, name=f"{data.name} [valid]"),
