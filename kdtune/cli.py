@@ -54,7 +54,10 @@ class DataArgs:
 
     data: str = arg("synthetic", "'synthetic', 'synthetic:users=N,items=M', a file path, or a MovieLens name")
     format: str | None = arg(None, "file format when the extension does not say: movielens, citeulike, csv, tsv, parquet")
-    min_rating: float | None = arg(None, "ratings below this are dropped (explicit data -> implicit positives)")
+    columns: str | None = arg(None, "table columns as user=NAME,item=NAME[,rating=NAME][,timestamp=NAME] "
+                              "(csv/tsv/parquet; roles not named are detected from common spellings)")
+    min_rating: float | None = arg(None, "ratings (or counts) below this are dropped (explicit data -> "
+                                   "implicit positives)")
     kcore: int = arg(0, "iteratively keep users and items with at least this many interactions (0 = off)")
     split: str = arg("random", "random (per user, 80/10/10) or temporal (leave-one-out by timestamp)",
                      choices=["random", "temporal"])
@@ -70,7 +73,7 @@ def prepare_data(args: DataArgs) -> tuple[Interactions, Split]:
     if args.kcore < 0:
         raise UsageError(f"--kcore must be >= 0 (got {args.kcore})")
     data = load(args.data, fmt=args.format, min_rating=args.min_rating, kcore=args.kcore, seed=args.seed,
-                cache_dir=args.cache_dir)
+                cache_dir=args.cache_dir, columns=args.columns)
     if args.k > data.n_items:
         raise UsageError(f"--k {args.k} is larger than the catalogue ({data.n_items} items)")
     parts = split(data, seed=args.seed, method=args.split, cache_dir=Path(args.cache_dir).expanduser() / "splits")

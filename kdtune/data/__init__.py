@@ -3,9 +3,11 @@
 `load` is the single entry point (synthetic data, MovieLens by name, or a file in MovieLens, CiteULike,
 CSV/TSV/Parquet format); `split` makes the seeded, cached train / valid / test split. One module per
 concern: `interactions` (containers, fingerprints), `generator` (synthetic data), `formats` (loaders,
-format inference, k-core, `load`), `splits` (splits and their cache), `download` (named datasets).
+format inference, k-core, `load`), `columns` (which table column holds the user, item, rating and
+timestamp), `splits` (splits and their cache), `download` (named datasets).
 """
 
+from kdtune.data.columns import ROLES, SPELLINGS, parse_columns, resolve_columns
 from kdtune.data.download import DEFAULT_CACHE_DIR, MOVIELENS_FILES, MOVIELENS_SHA256, fetch_movielens
 from kdtune.data.formats import (
     FORMATS,
@@ -24,5 +26,6 @@ from kdtune.errors import DataError
 __all__ = [
     "DEFAULT_CACHE_DIR", "FORMATS", "MOVIELENS_FILES", "MOVIELENS_SHA256", "SPLIT_METHODS", "DataError",
     "Interactions", "Split", "fetch_movielens", "infer_format", "kcore_filter", "load", "load_citeulike",
-    "load_movielens", "load_table", "split", "synthetic",
+    "load_movielens", "load_table", "split", "synthetic", "ROLES", "SPELLINGS", "parse_columns",
+    "resolve_columns",
 ]

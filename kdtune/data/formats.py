@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from kdtune.data.columns import resolve_columns
 from kdtune.data.download import DEFAULT_CACHE_DIR, MOVIELENS_FILES, MOVIELENS_NAME, fetch_movielens
 from kdtune.data.generator import parse_synthetic_spec, synthetic
 from kdtune.data.interactions import Interactions
 from kdtune.errors import DataError
 
 FORMATS = ("movielens", "citeulike", "csv", "tsv", "parquet")
+TABLE_FORMATS = ("csv", "tsv", "parquet")
 
 
 def _check_file(path: str | os.PathLike) -> Path:
@@ -181,15 +184,16 @@ def _to_seconds(col: pd.Series, path: Path, name: str) -> np.ndarray:
 
 
 def _table_columns(path: Path, fmt: str) -> list[str]:
-    """Column names of a table without reading its rows (empty when unreadable: load_table reports it)."""
+    """Column names of a table without reading its rows."""
     try:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
             return list(pq.read_schema(path).names)
-        return list(pd.read_csv(path, sep="," if fmt == "csv" else "\t", nrows=0).columns)
-    except Exception:
-        return []
+        return [str(c) for c in pd.read_csv(path, sep="," if fmt == "csv" else "\t", nrows=0).columns]
+    except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
+        reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise DataError(f"could not read {path} as {fmt}: {reason}") from exc
 
 
 def _short_name(path: Path) -> str:
@@ -244,20 +248,24 @@ def load(
     kcore: int = 0,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    columns: str | Mapping[str, str] | None = None,
 ) -> Interactions:
     """Load interactions from ``spec``: ``"synthetic[:key=value,...]"``, a MovieLens name, or a path.
 
     A MovieLens name (``ml-100k``, ``ml-1m``, ``ml-latest-small``...) is fetched into ``cache_dir``.
-    A directory is searched for ``users.dat`` or a MovieLens ratings file. Tables (csv/tsv/parquet) are
-    read from columns ``user`` and ``item``, plus ``rating`` when ``min_rating`` is given and
-    ``timestamp`` when present (other layouts: call `load_table`). ``min_rating`` defaults to 4.0 for
-    MovieLens and to no filter elsewhere; ``kcore > 0`` then applies `kcore_filter`.
+    A directory is searched for ``users.dat`` or a MovieLens ratings file. Tables (csv/tsv/parquet) take
+    their user/item/rating/timestamp columns from ``columns`` (``"user=userID,item=artistID"`` or a
+    mapping) and detect the roles it does not name (see `kdtune.data.columns`); the rating column is only
+    read when ``min_rating`` is given (a threshold: counts such as play counts work too), a timestamp
+    column whenever there is one. ``min_rating`` defaults to 4.0 for MovieLens and to no filter
+    elsewhere; ``kcore > 0`` then applies `kcore_filter`.
     """
     spec = str(spec)
     path = Path(spec).expanduser()
     if spec == "synthetic" or spec.startswith("synthetic:"):
         if min_rating is not None:
             raise DataError("min_rating does not apply to synthetic data (it has no ratings)")
+        _no_columns(columns, "synthetic data")
         data = synthetic(**parse_synthetic_spec(spec, seed))
     else:
         if MOVIELENS_NAME.match(spec) and not path.exists():
@@ -272,17 +280,29 @@ def load(
             raise DataError(f"no such file or dataset: {spec!r} (expected a path, 'synthetic' or a "
                             "MovieLens name like ml-1m)")
         fmt = fmt or infer_format(path)
+        if fmt not in TABLE_FORMATS:
+            _no_columns(columns, f"{fmt} data ({path})")
         if fmt == "movielens":
             data = load_movielens(path, 4.0 if min_rating is None else min_rating)
         elif fmt == "citeulike":
             if min_rating is not None:
                 raise DataError("min_rating does not apply to CiteULike data (it has no ratings)")
             data = load_citeulike(path)
-        elif fmt in ("csv", "tsv", "parquet"):
-            present = _table_columns(path, fmt)
-            data = load_table(path, fmt, min_rating=min_rating,
-                              rating_col="rating" if min_rating is not None else None,
-                              timestamp_col="timestamp" if "timestamp" in present else None)
+        elif fmt in TABLE_FORMATS:
+            cols = resolve_columns(_table_columns(path, fmt), columns, str(path))
+            if min_rating is not None and cols["rating"] is None:
+                raise DataError(f"{path}: min_rating needs a rating column and none was recognised; "
+                                "name it with --columns rating=NAME")
+            data = load_table(path, fmt, user_col=cols["user"], item_col=cols["item"], min_rating=min_rating,
+                              rating_col=cols["rating"] if min_rating is not None else None,
+                              timestamp_col=cols["timestamp"])
         else:
             raise DataError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
     return kcore_filter(data, kcore)
+
+
+def _no_columns(columns: str | Mapping[str, str] | None, what: str) -> None:
+    """Refuse a column mapping for data that has no header to map (it would be silently ignored)."""
+    if columns is not None:
+        raise DataError(f"columns apply to csv/tsv/parquet tables, not to {what}; "
+                        "pass --format csv or tsv to read a file as a table")
