@@ -11,15 +11,15 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from kdtune.data import DataError, Interactions, Split, load, split
+from kdtune.data import Interactions, Split, load, split
+from kdtune.errors import KdtuneError, UsageError
+
+__all__ = ["UsageError", "DataArgs", "add_dataclass_args", "arg", "from_namespace", "prepare_data", "run_cli",
+           "setup_logging"]
 
 log = logging.getLogger("kdtune")
 
 DEFAULT_CACHE = "~/.cache/kdtune"
-
-
-class UsageError(ValueError):
-    """A command-line value that makes no sense (reported in one line, exit code 2)."""
 
 
 def arg(default, help: str, **kw):
@@ -54,7 +54,10 @@ class DataArgs:
 
     data: str = arg("synthetic", "'synthetic', 'synthetic:users=N,items=M', a file path, or a MovieLens name")
     format: str | None = arg(None, "file format when the extension does not say: movielens, citeulike, csv, tsv, parquet")
-    min_rating: float | None = arg(None, "ratings below this are dropped (explicit data -> implicit positives)")
+    columns: str | None = arg(None, "table columns as user=NAME,item=NAME[,rating=NAME][,timestamp=NAME] "
+                              "(csv/tsv/parquet; roles not named are detected from common spellings)")
+    min_rating: float | None = arg(None, "ratings (or counts) below this are dropped (explicit data -> "
+                                   "implicit positives)")
     kcore: int = arg(0, "iteratively keep users and items with at least this many interactions (0 = off)")
     split: str = arg("random", "random (per user, 80/10/10) or temporal (leave-one-out by timestamp)",
                      choices=["random", "temporal"])
@@ -70,7 +73,7 @@ def prepare_data(args: DataArgs) -> tuple[Interactions, Split]:
     if args.kcore < 0:
         raise UsageError(f"--kcore must be >= 0 (got {args.kcore})")
     data = load(args.data, fmt=args.format, min_rating=args.min_rating, kcore=args.kcore, seed=args.seed,
-                cache_dir=args.cache_dir)
+                cache_dir=args.cache_dir, columns=args.columns)
     if args.k > data.n_items:
         raise UsageError(f"--k {args.k} is larger than the catalogue ({data.n_items} items)")
     parts = split(data, seed=args.seed, method=args.split, cache_dir=Path(args.cache_dir).expanduser() / "splits")
@@ -87,12 +90,14 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run ``main``; user errors become one line on stderr and exit code 2, never a traceback."""
-    from kdtune.space import SpaceError  # late: keeps `kdtune.cli` light for import
+    """Run ``main``; a `KdtuneError` (the user's to fix) becomes one line on stderr and exit code 2.
 
+    Anything else is a bug and keeps its traceback: library code turns a user's missing or unreadable
+    file into a `DataError`/`UsageError` where it opens it, so a stray ``FileNotFoundError`` is not hidden.
+    """
     try:
         return int(main(argv) or 0)
-    except (DataError, SpaceError, UsageError, FileNotFoundError) as exc:
+    except KdtuneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

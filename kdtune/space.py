@@ -49,6 +49,8 @@ from typing import Any
 
 import yaml
 
+from kdtune.errors import SpaceError
+
 __all__ = ["SpaceError", "Param", "SearchSpace", "load_space", "parse_space", "packaged_spaces"]
 
 TRAIN_DEFAULTS = {"epochs": 40, "patience": 5, "batch_size": 4096, "weight_decay": 0.1}
@@ -64,10 +66,6 @@ _SPEC_KEYS = {
     "int": {"type", "low", "high", "log", "step"},
     "categorical": {"type", "choices"},
 }
-
-
-class SpaceError(ValueError):
-    """An invalid search space; the message names the offending key."""
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,12 @@ import pytest
 import torch
 
 from kdtune import data as D
-from kdtune.data import DataError, Interactions
+from kdtune.data import DataError, Interactions, download, splits
 
-CITEULIKE_A = Path(__file__).resolve().parents[2] / "shared/data/citeulike-a/users.dat"
+# The shared CiteULike-a copy, looked for in the folders above the checkout (tests skip without it).
+CITEULIKE_A = next((p / "shared/data/citeulike-a/users.dat" for p in Path(__file__).resolve().parents
+                    if (p / "shared/data/citeulike-a/users.dat").is_file()),
+                   Path("shared/data/citeulike-a/users.dat"))
 
 # (user, item, rating, timestamp): user 1 rated item 10 twice (a duplicate), item 30 only gets a 2.
 ROWS = [(1, 10, 5, 100), (1, 20, 4, 200), (1, 10, 4, 50), (2, 20, 5, 300), (2, 30, 2, 400), (3, 10, 3, 500)]
@@ -296,7 +299,7 @@ def test_split_cache(small: Interactions, tmp_path: Path, monkeypatch: pytest.Mo
     def boom(*args: object) -> None:
         raise AssertionError("the split was recomputed instead of loaded")
 
-    monkeypatch.setattr(D, "_random_assign", boom)
+    monkeypatch.setattr(splits, "_random_assign", boom)
     second = D.split(small, seed=5, cache_dir=tmp_path)
     assert second.fingerprint() == first.fingerprint()
     with pytest.raises(AssertionError, match="recomputed"):  # another seed is another cache key
@@ -319,7 +322,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setattr(D, "MOVIELENS_BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}")
+    monkeypatch.setattr(download, "MOVIELENS_BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}")
     yield root
     httpd.shutdown()
     httpd.server_close()
@@ -337,7 +340,7 @@ def make_zip(root: Path, name: str) -> str:
 
 def test_fetch_movielens(server: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sha = make_zip(server, "ml-100k")
-    monkeypatch.setattr(D, "MOVIELENS_SHA256", {"ml-100k": sha})
+    monkeypatch.setattr(download, "MOVIELENS_SHA256", {"ml-100k": sha})
     cache = tmp_path / "cache"
     path = D.fetch_movielens("ml-100k", cache_dir=cache)
     assert path == cache / "movielens/ml-100k/u.data" and path.read_text().startswith("1\t10\t5")
@@ -350,7 +353,7 @@ def test_fetch_movielens(server: Path, tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_fetch_checksum_mismatch(server: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_zip(server, "ml-100k")
-    monkeypatch.setattr(D, "MOVIELENS_SHA256", {"ml-100k": "0" * 64})
+    monkeypatch.setattr(download, "MOVIELENS_SHA256", {"ml-100k": "0" * 64})
     with pytest.raises(DataError, match="checksum mismatch.*expected sha256 0000"):
         D.fetch_movielens("ml-100k", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache/movielens/ml-100k/u.data").exists()
@@ -359,7 +362,7 @@ def test_fetch_checksum_mismatch(server: Path, tmp_path: Path, monkeypatch: pyte
 
 def test_fetch_unknown_name_records_checksum(server: Path, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(D, "MOVIELENS_SHA256", {})
+    monkeypatch.setattr(download, "MOVIELENS_SHA256", {})
     sha = make_zip(server, "ml-tiny")
     cache = tmp_path / "cache"
     D.fetch_movielens("ml-tiny", cache_dir=cache)
@@ -375,7 +378,7 @@ def test_fetch_unknown_name_records_checksum(server: Path, tmp_path: Path,
 def test_fetch_offline(server: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DataError, match=r"could not download .*ml-1m.zip: .*pass a local file instead"):
         D.fetch_movielens("ml-1m", cache_dir=tmp_path / "cache")  # 404 from the local server
-    monkeypatch.setattr(D, "MOVIELENS_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(download, "MOVIELENS_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(DataError, match="could not download"):
         D.load("ml-1m", cache_dir=tmp_path / "cache")
     with pytest.raises(DataError, match="not a MovieLens dataset name"):
