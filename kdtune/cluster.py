@@ -18,7 +18,7 @@ import os
 import socket
 from pathlib import Path
 
-from kdtune.cli import UsageError
+from kdtune.errors import UsageError
 
 CONNECT_TIMEOUT_S = 5.0
 

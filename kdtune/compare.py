@@ -15,7 +15,6 @@ import pandas as pd
 from kdtune import latency
 from kdtune.cli import (
     DataArgs,
-    UsageError,
     add_dataclass_args,
     arg,
     from_namespace,
@@ -23,6 +22,7 @@ from kdtune.cli import (
     run_cli,
     setup_logging,
 )
+from kdtune.errors import UsageError
 from kdtune.evaluate import evaluate
 from kdtune.losses import LOSSES, get_loss
 from kdtune.models import MF

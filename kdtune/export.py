@@ -22,8 +22,8 @@ import pandas as pd
 
 from kdtune import latency_plan, pareto, rundir, study
 from kdtune.baselines import DISTILLED, PLAIN, plain_id, plain_students, teacher_row
-from kdtune.cli import UsageError
 from kdtune.data import Interactions, Split
+from kdtune.errors import UsageError
 from kdtune.evaluate import evaluate
 from kdtune.losses import get_loss
 from kdtune.models import MF

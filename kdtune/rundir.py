@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from kdtune.cli import UsageError
+from kdtune.errors import UsageError
 from kdtune.teacher import TeacherKnowledge, cache_file, load_cached
 from kdtune.teacher import load as load_teacher_file
 from kdtune.teacher import save as save_teacher_file

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from kdtune.cli import (
     DataArgs,
-    UsageError,
     add_dataclass_args,
     arg,
     from_namespace,
@@ -27,6 +26,7 @@ from kdtune.cli import (
     setup_logging,
 )
 from kdtune.cluster import start_ray
+from kdtune.errors import UsageError
 from kdtune.rundir import SPACE_FILE, new_run_dir, read_run, space_path, write_run
 from kdtune.space import load_space
 

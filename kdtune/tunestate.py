@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow.fs
 from ray import tune
 
-from kdtune.cli import UsageError
+from kdtune.errors import UsageError
 
 log = logging.getLogger("kdtune")
 
