@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from kdtune.config import DEFAULTS
 from kdtune.data import Split
 from kdtune.evaluate import evaluate
 from kdtune.space import TRAIN_DEFAULTS, SearchSpace
@@ -46,7 +47,7 @@ def _plain_task(split: Split, dim: int, lr: float, train_kwargs: dict, k: int, s
 
 
 def plain_students(split: Split, space: SearchSpace, k: int, seed: int, remote: bool, resources: dict,
-                   valid_users: int = 256) -> tuple[pd.DataFrame, dict[str, tuple[dict, dict]]]:
+                   valid_users: int = DEFAULTS.valid_users) -> tuple[pd.DataFrame, dict[str, tuple[dict, dict]]]:
     """The best plain student of each dim (rows) and their weights ``{trial_id: (arch, state)}``."""
     lo, hi = space.lr_range()
     lrs = sorted({float(x) for x in np.geomspace(lo, hi, 3)})

@@ -22,6 +22,7 @@ from kdtune.cli import (
     run_cli,
     setup_logging,
 )
+from kdtune.config import DEFAULTS
 from kdtune.errors import UsageError
 from kdtune.evaluate import evaluate
 from kdtune.losses import LOSSES, get_loss
@@ -40,10 +41,10 @@ class CompareArgs:
     temperature: float = arg(2.0, "temperature T of losses that use one")
     loss_param: list[str] | None = arg(None, "a loss parameter as NAME=VALUE (repeatable)", action="append",
                                        type=str)
-    lr: float = arg(0.01, "student learning rate")
-    epochs: int = arg(40, "student epoch budget (early stopping on validation NDCG@K)")
-    patience: int = arg(5, "epochs without improvement before stopping")
-    weight_decay: float = arg(0.1, "student AdamW weight decay")
+    lr: float = arg(DEFAULTS.lr, "student learning rate")
+    epochs: int = arg(DEFAULTS.epochs, "student epoch budget (early stopping on validation NDCG@K)")
+    patience: int = arg(DEFAULTS.patience, "epochs without improvement before stopping")
+    weight_decay: float = arg(DEFAULTS.weight_decay, "student AdamW weight decay")
     teacher_dim: int = arg(64, "teacher embedding size")
     catalog_size: int | None = arg(None, "catalogue size for the latency benchmark (default: the data's)")
     json: bool = arg(False, "print the rows as JSON")

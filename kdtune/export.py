@@ -22,6 +22,7 @@ import pandas as pd
 
 from kdtune import latency_plan, pareto, rundir, study
 from kdtune.baselines import DISTILLED, PLAIN, plain_id, plain_students, teacher_row
+from kdtune.config import DEFAULTS
 from kdtune.data import Interactions, Split
 from kdtune.errors import UsageError
 from kdtune.evaluate import evaluate
@@ -129,7 +130,7 @@ def export_run(
         baselines = pd.read_csv(base_path)
     else:
         plain, weights = plain_students(split, space, k, seed, remote, run.get("resources_per_trial", {"cpu": 1}),
-                                        search.get("valid_users", 256))
+                                        search.get("valid_users", DEFAULTS.valid_users))
         for trial_id, (arch, state) in weights.items():
             save_student(MF.from_state(arch, state), _fresh_dir(students_dir / trial_id))
         baselines = pd.concat([pd.DataFrame([teacher_row(knowledge, split, k)]), plain], ignore_index=True)

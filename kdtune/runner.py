@@ -16,6 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 from kdtune import export, latency_plan, rundir
 from kdtune.cli import DataArgs
 from kdtune.cluster import fit_to_nodes, node_sizes
+from kdtune.config import DEFAULTS
 from kdtune.data import Interactions, Split
 from kdtune.space import SearchSpace
 from kdtune.teacher import (
@@ -90,11 +91,7 @@ def make_scheduler(args, space: SearchSpace, run_dir: Path, k: int):
         return None
     from kdtune.schedulers import ParetoASHA
 
-    epochs = int(space.fixed.get("epochs", 0) or 0) or None
-    if epochs is None:
-        from kdtune.space import TRAIN_DEFAULTS
-
-        epochs = int(TRAIN_DEFAULTS["epochs"])
+    epochs = int(space.fixed.get("epochs", DEFAULTS.epochs))
     # Rungs lie below the epoch budget; a trial that trains its whole budget ends by itself, so that its
     # final report (best epoch over all validation users, with its weights) always arrives.
     return ParetoASHA(

@@ -26,6 +26,7 @@ from kdtune.cli import (
     setup_logging,
 )
 from kdtune.cluster import start_ray
+from kdtune.config import DEFAULTS
 from kdtune.errors import UsageError
 from kdtune.rundir import SPACE_FILE, new_run_dir, read_run, space_path, write_run
 from kdtune.space import load_space
@@ -59,7 +60,7 @@ class SearchArgs:
                          "halving), or run every trial to its end", choices=["pareto-asha", "none"])
     grace_epochs: int = arg(3, "pareto-asha: first rung (epochs); later rungs at grace * eta^i")
     reduction_factor: int = arg(3, "pareto-asha: eta, a trial goes on past a rung if in the top 1/eta there")
-    valid_users: int = arg(256, "validation users (a fixed seeded sample) behind each epoch's signal; "
+    valid_users: int = arg(DEFAULTS.valid_users, "validation users (a fixed seeded sample) behind each epoch's signal; "
                            "0 = all; a finished trial's metrics are always over all of them")
 
 

@@ -49,12 +49,14 @@ from typing import Any
 
 import yaml
 
+from kdtune.config import DEFAULTS, SPACE_KEYS
 from kdtune.errors import SpaceError
 
 __all__ = ["SpaceError", "Param", "SearchSpace", "load_space", "parse_space", "packaged_spaces"]
 
-TRAIN_DEFAULTS = {"epochs": 40, "patience": 5, "batch_size": 4096, "weight_decay": 0.1}
-"""Trainer settings a trial config may carry (searched or fixed), with the values used when absent."""
+TRAIN_DEFAULTS = {key: getattr(DEFAULTS, key) for key in SPACE_KEYS}
+"""Trainer settings a trial config may carry (searched or fixed), with the values used when absent
+(from :data:`kdtune.config.DEFAULTS`)."""
 TRAIN_KEYS = tuple(TRAIN_DEFAULTS)
 MODEL_KEYS = ("dim", "loss", "lr", "alpha", "T")
 """Student/loss settings every loss accepts (``T`` only used by temperature losses)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from kdtune.config import DEFAULTS
 from kdtune.data import Interactions, Split
 from kdtune.evaluate import evaluate
 from kdtune.models import MF
@@ -23,7 +24,10 @@ CACHE_FORMAT = 1
 
 @dataclass(frozen=True)
 class TeacherSettings:
-    """How the teacher is trained; part of the cache key."""
+    """How the teacher is trained; part of the cache key. Where the teacher trains like a student it
+    reads :data:`kdtune.config.DEFAULTS`; its own values (a longer cosine budget, a smaller rate, more
+    decay, more patience, a larger validation sample) are the ones measured best for a 64-dim teacher
+    (BENCHMARKS.md, "Teacher quality")."""
 
     dim: int = 64
     """Embedding size of the teacher."""
@@ -35,9 +39,9 @@ class TeacherSettings:
     """AdamW decoupled weight decay."""
     lr_schedule: str = "cosine"
     """``cosine`` (from ``lr`` down towards 0 over ``epochs``) or ``constant``."""
-    optimizer: str = "dense"
+    optimizer: str = DEFAULTS.optimizer
     """``dense`` AdamW or row-sparse ``lazy`` AdamW (see ``kdtune.train.make_optimizer``)."""
-    batch_size: int = 4096
+    batch_size: int = DEFAULTS.batch_size
     """BPR triplets per step."""
     patience: int = 8
     """Epochs without a better validation NDCG@k before stopping."""

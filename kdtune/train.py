@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from kdtune.config import DEFAULTS
 from kdtune.data import Interactions
 from kdtune.evaluate import evaluate, sample_users
 from kdtune.losses import KDContext, LossDef, get_loss
@@ -60,8 +61,8 @@ def make_optimizer(
     model: MF,
     extra: torch.nn.Module | None,
     lr: float,
-    weight_decay: float = 0.0,
-    optimizer: str = "dense",
+    weight_decay: float = DEFAULTS.weight_decay,
+    optimizer: str = DEFAULTS.optimizer,
 ) -> TableAdamW:
     """AdamW for ``model`` (and a loss's ``extra`` module), see :mod:`kdtune.optim`.
 
@@ -135,14 +136,14 @@ def fit(
     T: float = 1.0,
     teacher: MF | None = None,
     topn: torch.Tensor | None = None,
-    epochs: int = 30,
-    batch_size: int = 4096,
-    lr: float = 0.01,
-    weight_decay: float = 0.0,
-    optimizer: str = "dense",
-    lr_schedule: str = "constant",
-    patience: int = 5,
-    valid_users: int | None = 256,
+    epochs: int = DEFAULTS.epochs,
+    batch_size: int = DEFAULTS.batch_size,
+    lr: float = DEFAULTS.lr,
+    weight_decay: float = DEFAULTS.weight_decay,
+    optimizer: str = DEFAULTS.optimizer,
+    lr_schedule: str = DEFAULTS.lr_schedule,
+    patience: int = DEFAULTS.patience,
+    valid_users: int | None = DEFAULTS.valid_users,
     k: int = 20,
     seed: int = 0,
     progress: bool = False,

@@ -13,6 +13,7 @@ import torch
 from ray import tune
 
 from kdtune import latency
+from kdtune.config import DEFAULTS
 from kdtune.data import Split
 from kdtune.losses import get_loss
 from kdtune.models import MF
@@ -35,7 +36,7 @@ class TrialSettings:
     # One latency profile per architecture, measured by the driver before the trials (never by a busy
     # trial): every trial, baseline and table of the run uses these figures.
     latency: dict = field(default_factory=dict)
-    valid_users: int = 256
+    valid_users: int = DEFAULTS.valid_users
 
 
 def split_config(config: dict) -> tuple[int, str, dict]:
