@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--max-seconds", type=float, default=20.0, help="timing budget per catalogue")
+    ap.add_argument("--max-seconds", type=float, default=30.0, help="timing budget per catalogue")
     ap.add_argument("--big-catalog", type=int, default=200_000,
                     help="above this many items, batch B is timed for --big-batch-precisions only")
     ap.add_argument("--big-batch-precisions", nargs="+", default=["fp32", "int8"], choices=PRECISIONS)
