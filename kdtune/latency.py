@@ -276,17 +276,20 @@ def profile_interleaved(
     """Latency of every architecture, timed together in interleaved rounds; keyed by ``arch_key``.
 
     Each batch size gets ``max_seconds / len(batch_sizes)`` of timed work. After ``warmup`` calls per
-    architecture (the last one estimates its cost), ``rounds`` rounds visit every architecture once, in
-    an order shuffled per round (seeded), with ``runs`` timed calls per visit, fewer if the budget is
-    short (at least one): a drift of the machine's speed then hits all architectures alike instead of
-    the ones timed during a slow minute. A visit starts with one untimed call (the previous architecture
-    evicted this one's table from cache) unless a call takes > 50 ms, where tables far exceed any cache.
-    When even one call per visit does not fit, fewer rounds are run: at least 3 at batch 1; at larger
-    batches, if not one round fits, the estimating call (made in sequence) is the figure, with no spread. Each call is scoring + top-``k`` with the serving kernel of ``ItemIndex`` on
-    random tables (latency depends on shapes and precision, not on trained values).
+    architecture (the fastest estimates its cost), ``rounds`` rounds visit every architecture once, in
+    an order shuffled per round (seeded): a drift of the machine's speed then hits all architectures
+    alike instead of the ones timed during a slow minute. Every visit gets an equal share of the
+    budget: as many timed calls as fit in it, at most ``runs`` and at least one (fast architectures get
+    more). A visit starts with one untimed call (the previous architecture evicted this one's table from
+    cache) unless a call takes > 50 ms, where tables far exceed any cache. When one call per visit does
+    not fit, fewer rounds are run: at least 3 at batch 1; at larger batches, if not one round fits, the
+    estimating call (made in sequence) is the figure, with no spread. Each call is scoring + top-``k``
+    with the serving kernel of ``ItemIndex`` on random tables (latency depends on shapes and precision,
+    not on trained values).
 
     Returns per architecture: ``dim``, ``precision``, ``n_items``, ``k``, ``device``, ``threads``,
-    ``macs_per_query``, ``bytes_per_query`` (``analytic_cost`` at that precision), and at batch 1
+    ``macs_per_query``, ``bytes_per_query`` (``analytic_cost`` at that precision), and, if 1 is among
+    ``batch_sizes`` (the default; leave it out only to time big batches alone), at batch 1
     ``latency_ms`` (median of the round medians), ``latency_spread_ms`` (interquartile range of the round
     medians; ``None`` with fewer than 2 rounds), ``latency_p95_ms`` (p95 of all timed batch-1 calls),
     ``latency_rounds`` and ``latency_runs`` (timed calls in all); for each other batch size B
@@ -302,7 +305,9 @@ def profile_interleaved(
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     gen = torch.Generator().manual_seed(seed)
-    sizes = tuple(sorted({1, *(int(b) for b in batch_sizes)}))
+    sizes = tuple(sorted({int(b) for b in batch_sizes}))
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"batch_sizes must be positive, got {batch_sizes}")
     keys = [arch_key(d, p) for d, p in parsed]
     indexes = {
         key: ItemIndex.from_float(
@@ -336,9 +341,12 @@ def profile_interleaved(
             for b in sizes:
                 est = {key: min(call(key, d, b) for _ in range(warmup if b == 1 else 1))
                        for key, (d, _) in zip(keys, parsed, strict=True)}  # fmt: skip
-                affordable = max_seconds / len(sizes) * 1e3 / sum(est.values())  # calls per arch
-                per_visit = max(1, min(runs, int(affordable / rounds)))
+                budget_ms = max_seconds / len(sizes) * 1e3
+                affordable = budget_ms / sum(est.values())  # rounds of one call per architecture
                 n_rounds = rounds if affordable >= rounds else max(3 if b == 1 else 0, int(affordable))
+                # Each architecture gets an equal share of a round's time: fast ones take more calls.
+                share_ms = budget_ms / max(1, n_rounds) / len(keys)
+                per_visit = {key: max(1, min(runs, int(share_ms / max(est[key], 1e-6)))) for key in keys}
                 medians: dict[str, list[float]] = {key: [] for key in keys}
                 pooled: dict[str, list[float]] = {key: [] for key in keys}
                 if n_rounds == 0:
@@ -356,7 +364,7 @@ def profile_interleaved(
                     for key, (d, _) in visits:
                         if est[key] < 50.0:
                             call(key, d, b)
-                        times = [call(key, d, b) for _ in range(per_visit)]
+                        times = [call(key, d, b) for _ in range(per_visit[key])]
                         medians[key].append(statistics.median(times))
                         pooled[key].extend(times)
                 name = "latency" if b == 1 else f"latency_b{b}"

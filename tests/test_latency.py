@@ -188,6 +188,13 @@ def test_profile_interleaved_rejects_bad_arguments():
         profile_interleaved([8], n_items=10, k=11)
     with pytest.raises(ValueError):
         profile_interleaved([(8, "int4")], n_items=100)
+    with pytest.raises(ValueError):
+        profile_interleaved([8], n_items=100, batch_sizes=(0,))
+
+
+def test_profile_interleaved_big_batch_alone():
+    rec = profile_interleaved([8], n_items=400, rounds=2, runs=2, batch_sizes=(16,), max_seconds=0.2)[arch_key(8)]
+    assert "latency_ms" not in rec and rec["latency_b16_ms"] > 0 and rec["latency_b16_rounds"] == 2
 
 
 def _fake(dim: int, precision: str, ms: float, spread: float | None) -> dict:
