@@ -18,6 +18,7 @@ from kdtune.cli import DataArgs
 from kdtune.cluster import fit_to_nodes, node_sizes
 from kdtune.config import DEFAULTS
 from kdtune.data import Interactions, Split
+from kdtune.samplers import make_sampler
 from kdtune.space import SearchSpace
 from kdtune.teacher import (
     TeacherKnowledge,
@@ -113,8 +114,6 @@ def execute(
 ) -> None:
     """Teacher, latency of every architecture, the Tuner (new or restored), latency again, then export."""
     import optuna
-
-    from kdtune.search import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -29,11 +29,11 @@ from kdtune.cluster import start_ray
 from kdtune.config import DEFAULTS
 from kdtune.errors import UsageError
 from kdtune.rundir import SPACE_FILE, new_run_dir, read_run, space_path, write_run
+from kdtune.samplers import SAMPLERS
 from kdtune.space import load_space
 
 log = logging.getLogger("kdtune")
 
-SAMPLERS = ("tpe", "nsga2", "gp", "random")
 
 
 @dataclasses.dataclass
@@ -96,24 +96,6 @@ def validate(data_args: DataArgs, args: SearchArgs) -> None:
             import scipy  # noqa: F401
         except ImportError:
             raise UsageError("--sampler gp needs scipy: pip install scipy") from None
-
-
-def make_sampler(name: str, seed: int, trials: int):
-    import optuna
-
-    if name == "tpe":
-        # constant_liar keeps parallel workers from proposing the same point while trials are running.
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    if name == "nsga2":
-        # The default population (50) would spend a whole 50-trial budget on one generation.
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 5)))
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise UsageError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-
-
 
 
 

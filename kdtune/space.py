@@ -240,10 +240,18 @@ class SearchSpace:
 # ----------------------------------------------------------------------------- loading
 
 
+def _spaces_root() -> Any:
+    """The shipped spaces: the package ``kdtune.spaces`` when installed (it is the repository's
+    ``search_spaces/`` folder, the only copy), else that folder next to the package in a source tree."""
+    try:
+        return importlib.resources.files("kdtune.spaces")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "search_spaces"
+
+
 def packaged_spaces() -> list[str]:
-    """Names of the spaces shipped in ``kdtune/spaces/`` (usable as ``load_space(name)``)."""
-    root = importlib.resources.files("kdtune") / "spaces"
-    return sorted(p.name.removesuffix(".yaml") for p in root.iterdir() if p.name.endswith(".yaml"))
+    """Names of the spaces shipped with kdtune (``search_spaces/*.yaml``, usable as ``load_space(name)``)."""
+    return sorted(p.name.removesuffix(".yaml") for p in _spaces_root().iterdir() if p.name.endswith(".yaml"))
 
 
 def load_space(path_or_name: str | Path) -> SearchSpace:
@@ -254,7 +262,7 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
         text, source, name = path.read_text(), str(path), path.stem
     else:
         name = str(path_or_name)
-        resource = importlib.resources.files("kdtune") / "spaces" / f"{name}.yaml"
+        resource = _spaces_root() / f"{name}.yaml"
         if path.suffix in (".yaml", ".yml") or "/" in name or not resource.is_file():
             raise SpaceError(
                 f"search space {str(path_or_name)!r}: no such file and no packaged space of that name "
