@@ -71,6 +71,7 @@ def plain_students(split: Split, space: SearchSpace, k: int, seed: int, remote: 
     best.insert(1, "kind", PLAIN)
     best.insert(2, "model", [f"plain student dim={d}" for d in best["dim"]])
     best.insert(3, "loss", "bpr")
+    best.insert(4, "precision", "fp32")
     return best, weights
 
 
@@ -79,6 +80,6 @@ def teacher_row(knowledge: TeacherKnowledge, split: Split, k: int) -> dict:
     teacher = knowledge.model()
     test = evaluate(teacher, [split.train, split.valid], split.test, ks=(k,))
     return {"trial_id": TEACHER, "kind": TEACHER, "model": f"teacher dim={teacher.dim}", "loss": "bpr",
-            "dim": teacher.dim, f"recall@{k}": knowledge.valid_metrics.get(f"recall@{k}"),
+            "dim": teacher.dim, "precision": "fp32", f"recall@{k}": knowledge.valid_metrics.get(f"recall@{k}"),
             f"ndcg@{k}": knowledge.valid_metrics.get(f"ndcg@{k}"), **{f"test_{m}": v for m, v in test.items()},
             "params": teacher.n_params(), "bytes": teacher.n_bytes()}

@@ -162,11 +162,11 @@ def export_run(
         json.dumps({c: r[c] for c in get_loss(r["loss"]).params if c in r and pd.notna(r[c])})
         for r in front.to_dict("records")
     ]
-    columns = ["kind", "trial_id", "loss", "dim", "lr", "alpha", "T", "loss_params", recall, ndcg,
+    columns = ["kind", "trial_id", "loss", "dim", "precision", "lr", "alpha", "T", "loss_params", recall, ndcg,
                f"test_{recall}", f"test_{ndcg}", f"plain_test_{ndcg}", f"gain_vs_plain_{ndcg}", "latency_ms",
                "latency_spread_ms", "latency_p95_ms", "params", "bytes", "size_vs_teacher", "speedup_vs_teacher",
                "best_epoch", "epochs_run", "weights"]
-    base_columns = ["kind", "model", "dim", "lr", recall, ndcg, f"test_{recall}", f"test_{ndcg}", "latency_ms",
+    base_columns = ["kind", "model", "dim", "precision", "lr", recall, ndcg, f"test_{recall}", f"test_{ndcg}", "latency_ms",
                     "latency_spread_ms", "params", "bytes"]
     paths = pareto.write_front(front[[c for c in columns if c in front]], run_dir, baselines=None)
     note = (f"Latency: scoring + top-{k} of {catalog:,} items for one user, {search.get('latency_device', 'cpu')}, "
@@ -206,8 +206,8 @@ def export_run(
     run["status"] = "finished" if ended >= run["search"]["trials"] else "incomplete"
     run["front_size"] = len(front)
     run["front_kinds"] = front["kind"].value_counts().to_dict()
-    shown = ["kind", "trial_id", "loss", "dim", f"test_{recall}", f"test_{ndcg}", f"gain_vs_plain_{ndcg}",
-             "latency_ms", "size_vs_teacher"]
+    shown = ["kind", "trial_id", "loss", "dim", "precision", f"test_{recall}", f"test_{ndcg}", f"gain_vs_plain_{ndcg}",
+             "latency_ms", "bytes", "size_vs_teacher"]
     table = (f"\nPareto front ({len(front)} of {len(finished)} finished trials + {len(plain)} plain students; "
              f"test split; latency at {catalog:,} items):\n\n"
              + front[[c for c in shown if c in front]].to_markdown(index=False, floatfmt=".4g"))

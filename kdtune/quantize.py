@@ -221,6 +221,10 @@ class QuantizedMF:
         tensors += [t for t in (self.user_scale, self.item_scale) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    def n_params(self) -> int:
+        """Trained numbers (table entries and biases; int8 scales are storage, not parameters)."""
+        return (self.n_users + self.n_items) * (self.dim + 1)
+
     def arch(self) -> dict:
         """``{"n_users", "n_items", "dim", "precision"}``: what defines this model's shape and kernel."""
         return {

@@ -58,8 +58,9 @@ TRAIN_DEFAULTS = {key: getattr(DEFAULTS, key) for key in SPACE_KEYS}
 """Trainer settings a trial config may carry (searched or fixed), with the values used when absent
 (from :data:`kdtune.config.DEFAULTS`)."""
 TRAIN_KEYS = tuple(TRAIN_DEFAULTS)
-MODEL_KEYS = ("dim", "loss", "lr", "alpha", "T")
-"""Student/loss settings every loss accepts (``T`` only used by temperature losses)."""
+MODEL_KEYS = ("dim", "loss", "lr", "alpha", "T", "precision")
+"""Student/loss settings every loss accepts (``T`` only used by temperature losses; ``precision`` is the
+serving precision the student is quantised to after training, see :mod:`kdtune.quantize`)."""
 
 TOP_LEVEL_KEYS = ("description", "params", "conditional", "fixed")
 TYPES = ("float", "int", "categorical")
@@ -436,6 +437,7 @@ class _Validator:
         ):
             raise self.fail("params.alpha", "required parameter missing (the distillation weight)")
         self.dim(space)
+        self.precision(space)
 
         entries = [(f"params.{n}", n, p.when) for n, p in space.params.items()]
         entries += [(f"conditional.{n}", n, p.when) for n, p in space.conditional.items()]
@@ -463,6 +465,18 @@ class _Validator:
                     f"loss {bad[0]!r} {why}, yet {name!r} would be set for it: make {name!r} conditional "
                     "with `when: {loss: [...]}` listing only losses that take it",
                 )
+
+    def precision(self, space: SearchSpace) -> None:
+        from kdtune.quantize import PRECISIONS
+
+        if "precision" in space.conditional:
+            raise self.fail("conditional.precision", "must be in params (categorical) or fixed")
+        key = "fixed.precision" if "precision" in space.fixed else "params.precision"
+        if "precision" in space.params and space.params["precision"].type != "categorical":
+            raise self.fail(key, f"must be categorical over {', '.join(PRECISIONS)}")
+        for value in space.precisions():
+            if value not in PRECISIONS:
+                raise self.fail(key, f"unknown precision {value!r} (known: {', '.join(PRECISIONS)})")
 
     def dim(self, space: SearchSpace) -> None:
         if "dim" in space.fixed:

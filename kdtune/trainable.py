@@ -15,8 +15,10 @@ from ray import tune
 from kdtune import latency
 from kdtune.config import DEFAULTS
 from kdtune.data import Split
+from kdtune.evaluate import evaluate
 from kdtune.losses import get_loss
 from kdtune.models import MF
+from kdtune.quantize import QuantizedMF, quantize
 from kdtune.space import MODEL_KEYS, TRAIN_DEFAULTS
 from kdtune.teacher import TeacherKnowledge
 from kdtune.train import distill
@@ -56,9 +58,15 @@ def split_config(config: dict) -> tuple[int, str, dict]:
     return int(config["dim"]), loss, fit_kwargs
 
 
+def precision_of(config: dict) -> str:
+    """The serving precision of a trial (or table row): ``fp32`` when it has none."""
+    value = config.get("precision")
+    return value if isinstance(value, str) else "fp32"  # NaN in a table row of a plain student
+
+
 def arch_of(config: dict) -> str:
     """The latency key of a trial's student architecture (its dim and serving precision)."""
-    return latency.arch_key(int(config["dim"]), config.get("precision", "fp32"))
+    return latency.arch_key(int(config["dim"]), precision_of(config))
 
 
 def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, settings: TrialSettings) -> None:
@@ -101,8 +109,15 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
         knowledge.model(), knowledge.topn, split.train, split.valid, dim, loss, seed=settings.seed,
         k=settings.k, device=device, valid_users=settings.valid_users, on_epoch=report_epoch, **fit_kwargs,
     )
+    best = result.best_metrics
+    precision = precision_of(config)
+    if precision != "fp32":
+        # Trained in float32, served quantised: the reported metrics are those of the quantised weights.
+        student = quantize(student.cpu(), precision)
+        best = evaluate(student, split.train, split.valid, ks=(settings.k,))
     metrics = {
-        **{name: value for name, value in result.best_metrics.items() if name != "n_users"},
+        **{name: value for name, value in best.items() if name != "n_users"},
+        "precision": precision,
         "epoch": result.epochs_run,
         "train_loss": result.history[-1]["loss"] if result.history else None,
         **fixed,
@@ -127,15 +142,20 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def save_student(model: MF, directory: Path) -> Path:
+def save_student(model: MF | QuantizedMF, directory: Path) -> Path:
+    """The student's weights (float or quantised) and its architecture, in ``directory``."""
     path = directory / STUDENT_FILE
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
+    torch.save(state, path)
     (directory / "arch.json").write_text(json.dumps(model.arch()))
     return path
 
 
-def load_student(directory: str | Path) -> MF:
+def load_student(directory: str | Path) -> MF | QuantizedMF:
+    """A student written by :func:`save_student` (``weights_only``: tensors and plain values only)."""
     directory = Path(directory)
     arch = json.loads((directory / "arch.json").read_text())
     state = torch.load(directory / STUDENT_FILE, weights_only=True, map_location="cpu")
+    if arch.get("precision", "fp32") != "fp32":
+        return QuantizedMF.from_state(state)
     return MF.from_state(arch, state).eval()

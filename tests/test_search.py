@@ -14,6 +14,7 @@ import pytest
 from kdtune import pareto
 from kdtune.cli import run_cli
 from kdtune.search import main
+from kdtune.space import load_space
 
 DATA = "synthetic:users=300,items=400"
 COMMON = ["--space", "smoke", "--data", DATA, "--teacher-epochs", "3", "--grace-epochs", "1", "--concurrency", "2"]
@@ -30,10 +31,22 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finished_run(ray_cluster, cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "e2e"
+    runs = tmp_path_factory.mktemp("runs")
+    # the smoke space with serving precision searched too (int8: quantised after training)
+    space = runs / "smoke-precision.yaml"
+    space.write_text(_with_precision())
+    out = runs / "e2e"
     t0 = time.perf_counter()
-    assert run_search(["--trials", "4", "--out", str(out), "--cache-dir", cache, *COMMON]) == 0
+    assert run_search(["--trials", "4", "--out", str(out), "--cache-dir", cache, *COMMON, "--space", str(space)]) == 0
     return out, time.perf_counter() - t0
+
+
+def _with_precision() -> str:
+    import yaml
+
+    data = load_space("smoke").to_dict()
+    data["params"]["precision"] = {"type": "categorical", "choices": ["fp32", "int8"]}
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def test_search_exports_a_consistent_front(finished_run):
@@ -63,11 +76,17 @@ def test_search_exports_a_consistent_front(finished_run):
     # one latency figure per architecture everywhere: trials, baselines, front (the measurement after the search)
     after = run["latency"]["after"]["profiles"]
     assert set(after) == set(run["latency"]["before"]["profiles"]) == {
-        f"dim={d},precision=fp32" for d in (4, 8, 64)}
+        f"dim={d},precision={p}" for d in (4, 8) for p in ("fp32", "int8")} | {"dim=64,precision=fp32"}
     for table in (trials, front, plain):
         for _, row in table.iterrows():
-            assert row["latency_ms"] == pytest.approx(after[f"dim={int(row['dim'])},precision=fp32"]["latency_ms"],
-                                                      rel=1e-12)
+            key = f"dim={int(row['dim'])},precision={row['precision']}"
+            assert row["latency_ms"] == pytest.approx(after[key]["latency_ms"], rel=1e-12)
+    # every row says its precision and its size at that precision
+    finished = trials[trials["outcome"] == "finished"]
+    assert set(finished["precision"]) <= {"fp32", "int8"} and set(front["precision"]) <= {"fp32", "int8"}
+    for _, row in finished.iterrows():
+        fp32_bytes = (300 + 400) * (int(row["dim"]) + 1) * 4
+        assert row["bytes"] == fp32_bytes if row["precision"] == "fp32" else row["bytes"] < fp32_bytes
     # the run's Optuna study: its best trials are the exported front
     from kdtune.study import load_study
 

@@ -179,7 +179,21 @@ BAD = [
     ("missing alpha", _replace("  alpha: {type: float, low: 0.1, high: 0.9}\n", ""), "alpha"),
     ("fixed not scalar", VALID + "  epochs2: [1, 2]\n", "fixed.epochs2"),
     ("invalid yaml", "params: {lr: [\n", "not valid YAML"),
+    ("unknown precision", _replace("  alpha:", "  precision: {type: categorical, choices: [fp32, int4]}\n  alpha:"),
+     "params.precision"),
+    ("precision not categorical", _replace("  alpha:", "  precision: {type: float, low: 8, high: 32}\n  alpha:"),
+     "params.precision"),
 ]
+
+
+def test_precision_is_searched_or_fixed() -> None:
+    data = yaml.safe_load(VALID)
+    assert parse_space(data).precisions() == ["fp32"]
+    data["params"]["precision"] = {"type": "categorical", "choices": ["fp32", "int8"]}
+    assert parse_space(data).precisions() == ["fp32", "int8"]
+    del data["params"]["precision"]
+    data["fixed"]["precision"] = "bf16"
+    assert parse_space(data).precisions() == ["bf16"]
 
 
 @pytest.mark.parametrize("case,text,key", BAD, ids=[b[0] for b in BAD])
