@@ -16,7 +16,7 @@ from kdtune.evaluate import evaluate
 from kdtune.losses import KDContext, LossDef, get_loss
 from kdtune.models import MF
 from kdtune.optim import TableAdamW
-from kdtune.sampling import BPRSampler
+from kdtune.sampling import BPRSampler, PositiveSet
 
 
 class DivergedError(FloatingPointError):
@@ -90,11 +90,15 @@ def make_step(
     topn: torch.Tensor | None,
     gen: torch.Generator,
     extra: torch.nn.Module | None,
+    positives: PositiveSet | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]:
-    """One optimisation step on a ``(users, pos, neg)`` batch; returns the batch's mean loss."""
+    """One optimisation step on a ``(users, pos, neg)`` batch; returns the batch's mean loss.
+
+    ``positives`` (the sampler's training pairs) lets losses that draw items keep them out (``rrd``).
+    """
 
     def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> float:
-        ctx = KDContext(model, teacher, topn, users, pos, neg, gen, extra)
+        ctx = KDContext(model, teacher, topn, users, pos, neg, gen, extra, positives)
         value = spec.fn(ctx, **kwargs)
         opt.zero_grad(set_to_none=True)
         value.backward()
@@ -182,7 +186,7 @@ def fit(
     if spec.uses_temperature:
         kwargs["T"] = T
 
-    step = make_step(model, spec, kwargs, opt, teacher, topn, gen, extra)
+    step = make_step(model, spec, kwargs, opt, teacher, topn, gen, extra, positives=sampler.positives)
 
     best_score, best_epoch, best_metrics = -math.inf, 0, {}
     best_state = copy.deepcopy(model.state_dict())
