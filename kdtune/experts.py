@@ -16,6 +16,31 @@ def gumbel_select(logits: torch.Tensor, tau: float, generator: torch.Generator) 
     return hard - soft.detach() + soft
 
 
+class _SelectorSignal(torch.autograd.Function):
+    """Adds 0 to the experts' output; its backward gives the selection ``sel`` ``[M, E]`` the gradient
+    ``<g_m, expert_e(s_m)>`` that ``sum_e sel_e * expert_e(s)`` would give it.
+
+    Computed in backward from two GEMMs over all experts at once (``s @ W1`` and ``g @ W2^T``, each
+    ``[M, E * h]``) and one elementwise product, without autograd through the experts and without an
+    ``[M, E, dt]`` tensor of every expert's output.
+    """
+
+    @staticmethod
+    def forward(ctx, sel, s, w1, b1, w2, b2):
+        ctx.save_for_backward(s, w1, b1, w2, b2)
+        return s.new_zeros(s.shape[0], w2.shape[2])
+
+    @staticmethod
+    def backward(ctx, grad):
+        s, w1, b1, w2, b2 = ctx.saved_tensors
+        n_e, ds, h = w1.shape
+        hidden = torch.relu(torch.addmm(b1.reshape(-1), s, w1.transpose(0, 1).reshape(ds, n_e * h)))
+        # <g, W2_e^T h_e + b2_e> = <W2_e g, h_e> + <g, b2_e>, for every expert e at once
+        back = grad @ w2.permute(2, 0, 1).reshape(w2.shape[2], n_e * h)  # [M, E * h]
+        signal = (hidden.mul_(back)).view(-1, n_e, h).sum(-1) + grad @ b2.t()
+        return signal, None, None, None, None, None
+
+
 class _ExpertSet(nn.Module):
     """E experts ``Linear(ds, h) -> ReLU -> Linear(h, dt)`` batched as 3-D weights, plus a selector."""
 
@@ -32,12 +57,6 @@ class _ExpertSet(nn.Module):
             nn.init.uniform_(w, -bound, bound)
             nn.init.uniform_(b, -bound, bound)
         self.selector = nn.Linear(teacher_dim, n_experts)
-
-    def all_experts(self, s: torch.Tensor) -> torch.Tensor:
-        """Every expert's map of ``s`` ``[M, ds]``: ``[E, M, dt]`` (one GEMM, then one batched GEMM)."""
-        n_e, ds, h = self.w1.shape
-        hidden = torch.relu(torch.addmm(self.b1.reshape(-1), s, self.w1.transpose(0, 1).reshape(ds, n_e * h)))
-        return torch.baddbmm(self.b2.unsqueeze(1), hidden.view(-1, n_e, h).transpose(0, 1), self.w2)
 
     def chosen_expert(self, s: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
         """Row ``m`` mapped by expert ``choice[m]`` only: rows grouped by expert, one small MLP per group."""
@@ -61,17 +80,14 @@ class _ExpertSet(nn.Module):
         (:func:`gumbel_select`). Its gradient reaches the experts' weights and ``s`` through the selected
         expert only (``sel_e`` is 0 for the others), so only that expert runs forward and backward; the
         selector's gradient ``d/d sel_e = <g, expert_e(s)>`` needs every expert's output but not its
-        backward, so those are computed without autograd. Same value and gradients as running all
-        experts under autograd, at about ``(E + 3) / 3E`` of the cost.
+        backward (:class:`_SelectorSignal`). Same value and gradients as running all experts under
+        autograd, at about ``(E + 3) / 3E`` of the arithmetic.
         """
         sel = gumbel_select(self.selector(t), tau, generator)  # [M, E]
         out = self.chosen_expert(s, sel.detach().argmax(-1))
         if sel.requires_grad:
-            with torch.no_grad():
-                every = self.all_experts(s).transpose(0, 1)  # [M, E, dt]
-            # (sel - sel.detach()) is exactly 0: this adds nothing to the value and gives sel the
-            # straight-through gradient <g, expert_e(s)> it gets from sum_e sel_e * expert_e(s)
-            out = out + torch.bmm((sel - sel.detach()).unsqueeze(1), every).squeeze(1)
+            out = out + _SelectorSignal.apply(sel, s.detach(), self.w1.detach(), self.b1.detach(),
+                                              self.w2.detach(), self.b2.detach())
         return out
 
 

@@ -12,16 +12,18 @@ Conventions shared by every loss:
 - The BPR part, ``mse_diff`` and ``soft_bce`` are per triplet: a mean over the batch's triplets.
 - ``rd``, ``cd``, ``rrd`` and ``de``'s user side are **per-user** objectives in their papers (a sum over
   users of a term over that user's items). They are computed once per **distinct user of the batch**
-  (``torch.unique(ctx.users)``), with items drawn for that user once, and averaged over the distinct
-  users: a user with three triplets in the batch counts once, as in the papers' per-user sums (the
-  DE-RRD reference code also takes ``unique`` of the batch's users). A user's weight over an epoch is
+  (``torch.unique(ctx.users)``), over that user's items, and averaged over the distinct users: a
+  user with three triplets in the batch counts once, as in the papers' per-user sums (the DE-RRD
+  reference code also takes ``unique`` of the batch's users). A user's weight over an epoch is
   then the number of batches it appears in, which grows with its activity but sub-linearly; computing
   the term per triplet instead recomputed an active user's items once per triplet (17x BPR's cost for
   ``rrd``). ``de``'s item side is likewise over the batch's distinct items (positives and negatives).
-- Items are drawn per batch, vectorised over its distinct users, rather than once per epoch for all
-  users as the RRD paper's code does: a loss sees no epoch boundaries, and drawing only for the
-  batch's users costs about as much per epoch (each user is drawn for in the few dozen batches it
-  appears in) while every batch gets fresh samples.
+- ``cd`` and ``rrd`` draw their items **once per epoch for every user**, as the RRD paper's code does,
+  when the training loop says which epoch it is (``ctx.epoch`` and ``ctx.draws``, set by
+  :func:`kdtune.train.make_step`); a batch then gathers its users' rows. Drawing per batch instead
+  (what a context without ``draws`` gets: vectorised over the batch's distinct users) draws for each
+  user in every batch it appears in, about 17x more rows per epoch on CiteULike-a; the draws (rank
+  race, uniform items, redraws of training positives) were ~40% of an ``rrd`` step.
 - Teacher quantities are computed under ``torch.no_grad()``: gradients reach the student (and
   ``ctx.extra``) only, even if the teacher's parameters still require grad.
 - Sampling draws from ``ctx.generator`` on the generator's device (a seeded generator makes a loss
@@ -87,6 +89,27 @@ class KDContext:
     generator: torch.Generator  # for any sampling inside the loss (seeded -> deterministic)
     extra: nn.Module | None = None  # trainable helper params of losses that need them (DE experts)
     positives: PositiveSet | None = None  # the training pairs (rrd keeps them out of its uninteresting items)
+    epoch: int = 0  # which epoch the batch belongs to: per-epoch draws are renewed when it changes
+    draws: dict | None = None  # per-run store for per-epoch draws; None: draw per batch instead
+
+
+def _epoch_draw(ctx: KDContext, key: tuple, draw: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]):
+    """``draw(users)``'s tensors for the batch's distinct users ``users``.
+
+    With ``ctx.draws`` (a training loop), ``draw`` runs once per epoch for every user and the batch
+    gathers its users' rows; without it, ``draw`` runs for this batch's users only. ``key`` names the
+    loss and its parameters, so a changed parameter or top-N table never reuses stale draws.
+    """
+    users = _distinct_users(ctx)
+    if ctx.draws is None:
+        return users, draw(users)
+    key = (*key, id(ctx.topn), ctx.topn._version)
+    cached = ctx.draws.get("epoch_draw")
+    if cached is None or cached[0] != (ctx.epoch, key):
+        every = torch.arange(ctx.topn.shape[0], device=ctx.topn.device)
+        cached = ((ctx.epoch, key), draw(every))
+        ctx.draws["epoch_draw"] = cached
+    return users, tuple(x[users] for x in cached[1])
 
 
 @dataclass(frozen=True)
@@ -284,11 +307,14 @@ def cd_loss(
     """
     k = int(cd_samples)
     _topn_check(ctx, k, "cd_samples")
-    users = _distinct_users(ctx)
-    cols = sample_ranks(len(users), ctx.topn.shape[1], k, cd_lambda, ctx.generator).to(ctx.topn.device)
-    items = ctx.topn[users.unsqueeze(1), cols]
-    with torch.no_grad():
-        t = ctx.teacher(users, items)
+
+    @torch.no_grad()
+    def draw(users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cols = sample_ranks(len(users), ctx.topn.shape[1], k, cd_lambda, ctx.generator).to(ctx.topn.device)
+        items = ctx.topn[users.unsqueeze(1), cols]
+        return items, ctx.teacher(users, items)  # the soft labels' logits come with the draw
+
+    users, (items, t) = _epoch_draw(ctx, ("cd", k, float(cd_lambda)), draw)
     s = user_item_scores(ctx.student, users, items)
     return (1 - alpha) * bpr_term(_bpr_margin(ctx)) + alpha * cd_term(s, t, T)
 
@@ -316,14 +342,17 @@ def rrd_loss(
     _topn_check(ctx, k, "rrd_k")
     if n_l < 1:
         raise ValueError(f"rrd_l={n_l} must be >= 1")
-    users = _distinct_users(ctx)
-    # sorted positions keep the interesting items in teacher-rank order, as the listwise term needs
-    cols = sample_ranks(len(users), ctx.topn.shape[1], k, rrd_lambda, ctx.generator).to(ctx.topn.device)
-    interesting = ctx.topn[users.unsqueeze(1), cols]
-    uninteresting, valid = sample_uninteresting(
-        users, sorted_topn_of(ctx.topn), ctx.student.n_items, n_l, ctx.generator, ctx.positives
-    )
-    s = user_item_scores(ctx.student, users, torch.cat([interesting, uninteresting], dim=1))
+
+    def draw(users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # sorted positions keep the interesting items in teacher-rank order, as the listwise term needs
+        cols = sample_ranks(len(users), ctx.topn.shape[1], k, rrd_lambda, ctx.generator).to(ctx.topn.device)
+        uninteresting, valid = sample_uninteresting(
+            users, sorted_topn_of(ctx.topn), ctx.student.n_items, n_l, ctx.generator, ctx.positives
+        )
+        return torch.cat([ctx.topn[users.unsqueeze(1), cols], uninteresting], dim=1), valid
+
+    users, (items, valid) = _epoch_draw(ctx, ("rrd", k, n_l, float(rrd_lambda), id(ctx.positives)), draw)
+    s = user_item_scores(ctx.student, users, items)
     soft = rrd_term(s[:, :k], s[:, k:], valid)
     return (1 - alpha) * bpr_term(_bpr_margin(ctx)) + alpha * soft
 

@@ -91,14 +91,22 @@ def make_step(
     gen: torch.Generator,
     extra: torch.nn.Module | None,
     positives: PositiveSet | None = None,
+    batches_per_epoch: int | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]:
     """One optimisation step on a ``(users, pos, neg)`` batch; returns the batch's mean loss.
 
     ``positives`` (the sampler's training pairs) lets losses that draw items keep them out (``rrd``).
+    ``batches_per_epoch`` (the sampler's length) lets ``cd`` and ``rrd`` draw their items once per
+    epoch for every user, as the RRD paper does, instead of once per batch (see :mod:`kdtune.losses`).
     """
+    calls = 0
+    draws: dict | None = {} if batches_per_epoch else None
 
     def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> float:
-        ctx = KDContext(model, teacher, topn, users, pos, neg, gen, extra, positives)
+        nonlocal calls
+        epoch = calls // batches_per_epoch if batches_per_epoch else 0
+        calls += 1
+        ctx = KDContext(model, teacher, topn, users, pos, neg, gen, extra, positives, epoch, draws)
         value = spec.fn(ctx, **kwargs)
         opt.zero_grad(set_to_none=True)
         value.backward()
@@ -186,7 +194,7 @@ def fit(
     if spec.uses_temperature:
         kwargs["T"] = T
 
-    step = make_step(model, spec, kwargs, opt, teacher, topn, gen, extra, positives=sampler.positives)
+    step = make_step(model, spec, kwargs, opt, teacher, topn, gen, extra, sampler.positives, len(sampler))
 
     best_score, best_epoch, best_metrics = -math.inf, 0, {}
     best_state = copy.deepcopy(model.state_dict())

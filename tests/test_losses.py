@@ -451,21 +451,57 @@ def test_chosen_expert_matches_every_expert_under_autograd():
         assert torch.allclose(g, x.grad, atol=1e-5)
 
 
-def test_make_step_hands_positives_to_the_loss():
-    seen = {}
+def test_make_step_hands_positives_and_epochs_to_the_loss():
+    seen = []
 
     def spy(ctx, alpha=0.5):
-        seen["positives"] = ctx.positives
+        seen.append((ctx.positives, ctx.epoch, ctx.draws))
         return get_loss("bpr").fn(ctx)
 
     spec = LOSSES["bpr"].__class__("spy", spy, {}, False, "spy")
     model = MF(2, 4, 2, seed=0)
     positives = PositiveSet(pairs([0, 1], [0, 2], 2, 4))
     opt = TableAdamW(model.row_tables(), lr=0.1, lazy=False)
-    step = make_step(model, spec, {}, opt, None, None, torch.Generator(), None, positives=positives)
-    step(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+    step = make_step(model, spec, {}, opt, None, None, torch.Generator(), None, positives, batches_per_epoch=2)
+    for _ in range(5):
+        step(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
     opt.close()
-    assert seen["positives"] is positives
+    assert all(p is positives for p, _, _ in seen)
+    assert [e for _, e, _ in seen] == [0, 0, 1, 1, 2]
+    assert all(d is seen[0][2] and isinstance(d, dict) for _, _, d in seen)  # one store for the run
+    # without an epoch length, draws are per batch
+    step = make_step(model, spec, {}, TableAdamW(model.row_tables(), lr=0.1, lazy=False), None, None,
+                     torch.Generator(), None)
+    step(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+    assert seen[-1][2] is None
+
+
+@pytest.mark.parametrize("name", ["cd", "rrd"])
+def test_epoch_draws_are_kept_within_an_epoch_and_renewed_after(name):
+    d = get_loss(name)
+    ctx = random_ctx(name)
+    ctx.draws, ctx.epoch = {}, 0
+    first = d.fn(ctx, alpha=0.5, T=2.0, **d.params)
+    table = ctx.draws["epoch_draw"][1]
+    assert table[0].shape[0] == ctx.topn.shape[0]  # drawn for every user at once
+    ctx.users = torch.tensor([1, 1, 5, 7])  # another batch of the same epoch: same draws
+    ctx.pos, ctx.neg = torch.tensor([0, 3, 4, 9]), torch.tensor([2, 8, 11, 20])
+    d.fn(ctx, alpha=0.5, T=2.0, **d.params)
+    assert ctx.draws["epoch_draw"][1] is table
+    # the value is the per-user definition on the users' rows of the table
+    items = table[0][torch.tensor([1, 5, 7])]
+    s = ctx.student(torch.tensor([1, 5, 7]), items)
+    bpr = bpr_term(ctx.student(ctx.users, ctx.pos) - ctx.student(ctx.users, ctx.neg))
+    if name == "rrd":
+        k = d.params["rrd_k"]
+        soft = rrd_term(s[:, :k], s[:, k:], table[1][torch.tensor([1, 5, 7])])
+    else:
+        soft = cd_term(s, table[1][torch.tensor([1, 5, 7])], 2.0)
+    assert torch.allclose(d.fn(ctx, alpha=0.5, T=2.0, **d.params), 0.5 * bpr + 0.5 * soft, atol=1e-5)
+    ctx.epoch = 1
+    d.fn(ctx, alpha=0.5, T=2.0, **d.params)
+    assert not torch.equal(ctx.draws["epoch_draw"][1][0], table[0])
+    assert torch.isfinite(first)
 
 
 def test_de_requires_matching_extra():
