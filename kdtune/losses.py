@@ -93,8 +93,10 @@ class KDContext:
     draws: dict | None = None  # per-run store for per-epoch draws; None: draw per batch instead
 
 
-def _epoch_draw(ctx: KDContext, key: tuple, draw: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]):
-    """``draw(users)``'s tensors for the batch's distinct users ``users``.
+def _epoch_draw(
+    ctx: KDContext, key: tuple, draw: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The batch's distinct users and ``draw(users)``'s tensors (one row per distinct user).
 
     With ``ctx.draws`` (a training loop), ``draw`` runs once per epoch for every user and the batch
     gathers its users' rows; without it, ``draw`` runs for this batch's users only. ``key`` names the
