@@ -9,20 +9,35 @@ Conventions shared by every loss:
 
 - total = ``(1 - alpha) * BPR + alpha * soft`` (``de`` follows its paper: ``BPR + alpha * DE``), so
   ``alpha = 0`` is the plain student for every loss.
+- The BPR part, ``mse_diff`` and ``soft_bce`` are per triplet: a mean over the batch's triplets.
+- ``rd``, ``cd``, ``rrd`` and ``de``'s user side are **per-user** objectives in their papers (a sum over
+  users of a term over that user's items). They are computed once per **distinct user of the batch**
+  (``torch.unique(ctx.users)``), over that user's items, and averaged over the distinct users: a
+  user with three triplets in the batch counts once, as in the papers' per-user sums (the DE-RRD
+  reference code also takes ``unique`` of the batch's users). A user's weight over an epoch is
+  then the number of batches it appears in, which grows with its activity but sub-linearly; computing
+  the term per triplet instead recomputed an active user's items once per triplet (17x BPR's cost for
+  ``rrd``). ``de``'s item side is likewise over the batch's distinct items (positives and negatives).
+- ``cd`` and ``rrd`` draw their items **once per epoch for every user**, as the RRD paper's code does,
+  when the training loop says which epoch it is (``ctx.epoch`` and ``ctx.draws``, set by
+  :func:`kdtune.train.make_step`); a batch then gathers its users' rows. Drawing per batch instead
+  (what a context without ``draws`` gets: vectorised over the batch's distinct users) draws for each
+  user in every batch it appears in, about 17x more rows per epoch on CiteULike-a; the draws (rank
+  race, uniform items, redraws of training positives) were ~40% of an ``rrd`` step.
 - Teacher quantities are computed under ``torch.no_grad()``: gradients reach the student (and
   ``ctx.extra``) only, even if the teacher's parameters still require grad.
-- Per-user terms are averaged over ``ctx.users``: a BPR batch draws users by activity, so active
-  users weigh more, exactly as in the BPR part.
 - Sampling draws from ``ctx.generator`` on the generator's device (a seeded generator makes a loss
   deterministic); pass a generator on the training device to avoid host/device copies.
 - ``T`` is used by ``mse_diff`` (a pure rescaling), ``soft_bce`` and ``cd`` (soft labels); the others
   accept and ignore it (``LossDef.uses_temperature`` says which, so a search need not tune it).
+
+Sampling helpers live in :mod:`kdtune.kd_sampling` and DE's experts in :mod:`kdtune.experts`; both are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import inspect
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +45,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdtune.experts import DistillationExperts, gumbel_select, make_de_extra
+from kdtune.kd_sampling import (
+    rank_weights,
+    sample_complement,
+    sample_ranks,
+    sample_uninteresting,
+    sorted_topn_of,
+)
+from kdtune.kd_scores import user_item_scores
 from kdtune.models import MF
+from kdtune.sampling import PositiveSet
+
+__all__ = [
+    "LOSSES",
+    "DistillationExperts",
+    "KDContext",
+    "LossDef",
+    "get_loss",
+    "gumbel_select",
+    "make_de_extra",
+    "rank_weights",
+    "register",
+    "sample_complement",
+    "sample_ranks",
+    "sample_uninteresting",
+    "sorted_topn_of",
+]
+
+_sorted_topn_of = sorted_topn_of  # the former private name
 
 
 @dataclass
@@ -45,6 +88,30 @@ class KDContext:
     neg: torch.Tensor  # int64 [B]: a uniformly drawn non-positive item
     generator: torch.Generator  # for any sampling inside the loss (seeded -> deterministic)
     extra: nn.Module | None = None  # trainable helper params of losses that need them (DE experts)
+    positives: PositiveSet | None = None  # the training pairs (rrd keeps them out of its uninteresting items)
+    epoch: int = 0  # which epoch the batch belongs to: per-epoch draws are renewed when it changes
+    draws: dict | None = None  # per-run store for per-epoch draws; None: draw per batch instead
+
+
+def _epoch_draw(
+    ctx: KDContext, key: tuple, draw: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The batch's distinct users and ``draw(users)``'s tensors (one row per distinct user).
+
+    With ``ctx.draws`` (a training loop), ``draw`` runs once per epoch for every user and the batch
+    gathers its users' rows; without it, ``draw`` runs for this batch's users only. ``key`` names the
+    loss and its parameters, so a changed parameter or top-N table never reuses stale draws.
+    """
+    users = _distinct_users(ctx)
+    if ctx.draws is None:
+        return users, draw(users)
+    key = (*key, id(ctx.topn), ctx.topn._version)
+    cached = ctx.draws.get("epoch_draw")
+    if cached is None or cached[0] != (ctx.epoch, key):
+        every = torch.arange(ctx.topn.shape[0], device=ctx.topn.device)
+        cached = ((ctx.epoch, key), draw(every))
+        ctx.draws["epoch_draw"] = cached
+    return users, tuple(x[users] for x in cached[1])
 
 
 @dataclass(frozen=True)
@@ -116,21 +183,32 @@ def soft_bce_term(s_diff: torch.Tensor, t_diff: torch.Tensor, T: float) -> torch
 
 
 def rd_term(s_top: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Ranking Distillation: ``mean_u(-sum_r w_r log sigmoid(s(u, pi_r)))``; ``s_top`` is ``[B, K]``."""
+    """Ranking Distillation: ``mean_u(-sum_r w_r log sigmoid(s(u, pi_r)))``; ``s_top`` is ``[U, K]``."""
     return -(F.logsigmoid(s_top) * weights).sum(1).mean()
 
 
 def cd_term(s: torch.Tensor, t: torch.Tensor, T: float) -> torch.Tensor:
-    """Collaborative Distillation: ``mean BCE(sigmoid(s), sigmoid(t / T))`` over the sampled items."""
+    """Collaborative Distillation: ``mean BCE(sigmoid(s), sigmoid(t / T))`` over the sampled items.
+
+    ``s`` and ``t`` are ``[U, K]`` (K items per user): the mean over all cells is the mean over users of
+    each user's mean over its K items.
+    """
     return F.binary_cross_entropy_with_logits(s, torch.sigmoid(t / T))
 
 
-def rrd_term(s_interesting: torch.Tensor, s_uninteresting: torch.Tensor) -> torch.Tensor:
+def rrd_term(
+    s_interesting: torch.Tensor, s_uninteresting: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Relaxed ranking distillation (listwise, Plackett-Luce over the interesting items only).
 
-    ``s_interesting`` is ``[B, K]`` sorted by teacher rank, ``s_uninteresting`` is ``[B, L]``:
-    ``mean_u -sum_k [s_k - log(sum_{i>=k} exp s_i + sum_j exp s_j)]``.
+    ``s_interesting`` is ``[U, K]`` sorted by teacher rank, ``s_uninteresting`` is ``[U, L]``:
+    ``mean_u -sum_k [s_k - log(sum_{i>=k} exp s_i + sum_j exp s_j)]``. ``valid`` (``[U, L]`` bool)
+    leaves out the uninteresting cells marked False (their ``exp s_j`` counts as 0).
     """
+    if valid is not None:
+        # the dtype's lowest finite value rather than -inf: exp() of it is 0, yet a row with no valid
+        # cell still has a finite logsumexp, so its backward stays free of NaN
+        s_uninteresting = s_uninteresting.masked_fill(~valid, torch.finfo(s_uninteresting.dtype).min)
     # log sum_{i>=k} exp s_i for every k at once: a cumulative logsumexp over the reversed sequence
     tail = torch.logcumsumexp(s_interesting.flip(1), dim=1).flip(1)
     below = torch.logsumexp(s_uninteresting, dim=1, keepdim=True)
@@ -142,131 +220,18 @@ def de_term(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (target - pred).pow(2).sum(-1).mean()
 
 
-# ----------------------------------------------------------------------------- sampling helpers
-
-
-def rank_weights(n: int, lam: float, device: torch.device | str | None = None) -> torch.Tensor:
-    """``w_r = exp(-r / lam)`` for ranks ``r = 1..n``, normalised to sum 1 (best rank first)."""
-    r = torch.arange(1, n + 1, dtype=torch.float32, device=device)
-    return torch.softmax(-r / lam, dim=0)
-
-
-def sample_ranks(n_rows: int, n: int, k: int, lam: float, generator: torch.Generator) -> torch.Tensor:
-    """``[n_rows, k]`` positions in a ranking of length ``n``, without replacement, ``p(r) ∝ exp(-r/lam)``.
-
-    Exponential race (the Gumbel-top-k trick): the k largest ``log(U_r) / w_r`` are a draw without
-    replacement. ``torch.multinomial`` runs the same race internally but from ``exponential_`` and a
-    materialised ``[n_rows, n]`` probability matrix; from one ``rand`` and one ``log`` this measured
-    ~2x faster (4096 x 100, k=10, one CPU thread). Rows are sorted: column 0 is the best-ranked pick.
-    """
-    if not 0 < k <= n:
-        raise ValueError(f"cannot sample {k} of a ranking of length {n}")
-    dev = generator.device
-    # 1/w_r with w_0 = 1 (normalising is not needed for a race); it overflows to inf (key -inf: never
-    # picked unless forced) only for r > ~88 lam, where the probability is below float32 precision anyway
-    inv_w = torch.exp(torch.arange(n, dtype=torch.float32, device=dev) / lam)
-    keys = torch.rand(n_rows, n, generator=generator, device=dev).log_().mul_(inv_w)
-    return keys.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
-
-
-def sample_complement(
-    excluded_sorted: torch.Tensor, n_items: int, n: int, generator: torch.Generator
-) -> torch.Tensor:
-    """``[B, n]`` items drawn uniformly (with replacement) from ``0..n_items-1`` minus each row's exclusions.
-
-    ``excluded_sorted`` is ``[B, N]``, distinct ids sorted ascending per row. Exact, without rejection:
-    draw ``j`` uniform over the ``n_items - N`` allowed items, then the j-th allowed item is
-    ``j + #{m : excluded[m] - m <= j}`` (one batched searchsorted).
-    """
-    b, n_ex = excluded_sorted.shape
-    if n_items <= n_ex:
-        raise ValueError("no item is left to sample outside the excluded set")
-    j = torch.randint(n_items - n_ex, (b, n), generator=generator, device=generator.device)
-    j = j.to(excluded_sorted.device)
-    shifted = excluded_sorted - torch.arange(n_ex, device=excluded_sorted.device)
-    return j + torch.searchsorted(shifted, j, right=True)
-
-
-_sorted_topn: tuple[weakref.ref, int, torch.Tensor] | None = None
-
-
-def _sorted_topn_of(topn: torch.Tensor) -> torch.Tensor:
-    """``topn`` sorted by item id per user, cached while the same, unmodified tensor is passed.
-
-    Sorting the batch's ``[B, N]`` rows every batch cost ~30 ms on CPU; the table is fixed for a run.
-    """
-    global _sorted_topn
-    c = _sorted_topn
-    if c is None or c[0]() is not topn or c[1] != topn._version:
-        c = (weakref.ref(topn), topn._version, topn.sort(dim=1).values)
-        _sorted_topn = c
-    return c[2]
-
-
-def gumbel_select(logits: torch.Tensor, tau: float, generator: torch.Generator) -> torch.Tensor:
-    """Straight-through Gumbel-softmax: one-hot rows forward, ``softmax((log p + g) / tau)`` gradient."""
-    u = torch.rand(logits.shape, generator=generator, device=generator.device).to(logits.device)
-    soft = torch.softmax((torch.log_softmax(logits, dim=-1) - torch.log(-torch.log(u))) / tau, dim=-1)
-    hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
-    return hard - soft.detach() + soft
-
-
-# ----------------------------------------------------------------------------- DE experts
-
-
-class _ExpertSet(nn.Module):
-    """E experts ``Linear(ds, h) -> ReLU -> Linear(h, dt)`` batched as 3-D weights, plus a selector."""
-
-    def __init__(self, student_dim: int, teacher_dim: int, n_experts: int):
-        super().__init__()
-        h = max(1, (student_dim + teacher_dim) // 2)  # the DE-RRD reference code's hidden width
-        self.w1 = nn.Parameter(torch.empty(n_experts, student_dim, h))
-        self.b1 = nn.Parameter(torch.empty(n_experts, h))
-        self.w2 = nn.Parameter(torch.empty(n_experts, h, teacher_dim))
-        self.b2 = nn.Parameter(torch.empty(n_experts, teacher_dim))
-        # nn.Linear's default init, expert by expert
-        for w, b, fan_in in ((self.w1, self.b1, student_dim), (self.w2, self.b2, h)):
-            bound = fan_in**-0.5
-            nn.init.uniform_(w, -bound, bound)
-            nn.init.uniform_(b, -bound, bound)
-        self.selector = nn.Linear(teacher_dim, n_experts)
-
-    def forward(
-        self, s: torch.Tensor, t: torch.Tensor, tau: float, generator: torch.Generator
-    ) -> torch.Tensor:
-        """The selected expert's map of student embeddings ``s`` ``[M, ds]``; selection reads ``t``."""
-        hidden = torch.relu(torch.einsum("md,edh->meh", s, self.w1) + self.b1)
-        out = torch.einsum("meh,eht->met", hidden, self.w2) + self.b2  # [M, E, dt]: all experts
-        sel = gumbel_select(self.selector(t), tau, generator)  # [M, E]
-        return (sel.unsqueeze(-1) * out).sum(1)
-
-
-class DistillationExperts(nn.Module):
-    """DE's trainable helpers: one expert set (with its selection network) for users, one for items."""
-
-    def __init__(self, student_dim: int, teacher_dim: int, n_experts: int = 5):
-        super().__init__()
-        self.n_experts = int(n_experts)
-        self.user = _ExpertSet(student_dim, teacher_dim, self.n_experts)
-        self.item = _ExpertSet(student_dim, teacher_dim, self.n_experts)
-
-
-def make_de_extra(student_dim: int, teacher_dim: int, de_experts: int = 5, **_other_params) -> nn.Module:
-    """Build DE's experts; pass the trial's params (``**params``) so that ``de_experts`` takes effect."""
-    return DistillationExperts(student_dim, teacher_dim, de_experts)
-
-
 # ----------------------------------------------------------------------------- registered losses
 
 
-def _student_scores(ctx: KDContext, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Student margins ``s(u, pos) - s(u, neg)`` ``[B]`` and the scores of ``items`` ``[B, n]`` (or ``[B, 0]``).
+def _bpr_margin(ctx: KDContext) -> torch.Tensor:
+    """Student margins ``s(u, pos) - s(u, neg)`` of the batch's triplets ``[B]`` (one forward call)."""
+    s = ctx.student(ctx.users, torch.stack([ctx.pos, ctx.neg], dim=1))
+    return s[:, 0] - s[:, 1]
 
-    One forward call for both: each embedding lookup costs a dense table-sized gradient in backward.
-    """
-    cols = [ctx.pos.unsqueeze(1), ctx.neg.unsqueeze(1)] + ([] if items is None else [items])
-    s = ctx.student(ctx.users, torch.cat(cols, dim=1))
-    return s[:, 0] - s[:, 1], s[:, 2:]
+
+def _distinct_users(ctx: KDContext) -> torch.Tensor:
+    """The batch's distinct users, ascending: the rows of the per-user terms."""
+    return torch.unique(ctx.users)
 
 
 @torch.no_grad()
@@ -283,7 +248,7 @@ def _topn_check(ctx: KDContext, k: int, what: str) -> None:
 @register("bpr", uses_temperature=False, description="plain BPR student, no distillation (alpha, T ignored)")
 def bpr_loss(ctx: KDContext, alpha: float = 0.5, T: float = 1.0) -> torch.Tensor:
     """The plain student: BPR on the batch's triplets."""
-    return bpr_term(_student_scores(ctx)[0])
+    return bpr_term(_bpr_margin(ctx))
 
 
 @register(
@@ -293,7 +258,7 @@ def bpr_loss(ctx: KDContext, alpha: float = 0.5, T: float = 1.0) -> torch.Tensor
 )
 def mse_diff_loss(ctx: KDContext, alpha: float = 0.5, T: float = 1.0) -> torch.Tensor:
     """Match the teacher's pair margins; ``T^2`` just scales the soft part (as specified), no softening."""
-    s_diff = _student_scores(ctx)[0]
+    s_diff = _bpr_margin(ctx)
     return (1 - alpha) * bpr_term(s_diff) + alpha * mse_diff_term(s_diff, _teacher_diff(ctx), T)
 
 
@@ -304,7 +269,7 @@ def mse_diff_loss(ctx: KDContext, alpha: float = 0.5, T: float = 1.0) -> torch.T
 )
 def soft_bce_loss(ctx: KDContext, alpha: float = 0.5, T: float = 1.0) -> torch.Tensor:
     """Hinton KD on the BPR pair's "pos beats neg" probability, softened by ``T`` on both sides."""
-    s_diff = _student_scores(ctx)[0]
+    s_diff = _bpr_margin(ctx)
     return (1 - alpha) * bpr_term(s_diff) + alpha * soft_bce_term(s_diff, _teacher_diff(ctx), T)
 
 
@@ -316,16 +281,18 @@ def soft_bce_loss(ctx: KDContext, alpha: float = 0.5, T: float = 1.0) -> torch.T
 def rd_loss(
     ctx: KDContext, alpha: float = 0.5, T: float = 1.0, rd_k: int = 10, rd_lambda: float = 5.0
 ) -> torch.Tensor:
-    """RD: the teacher's top ``rd_k`` items as extra positives, weighted ``∝ exp(-r / rd_lambda)``.
+    """RD: the teacher's top ``rd_k`` items as extra positives, weighted ``∝ exp(-r / rd_lambda)``,
+    once per distinct user of the batch.
 
     The paper's weighted pointwise form with positives only: the BPR part already pushes a sampled
     negative down. ``rd_lambda`` defaults to ``rd_k / 2`` for the default ``rd_k``. ``T`` is unused.
     """
     k = int(rd_k)
     _topn_check(ctx, k, "rd_k")
-    items = ctx.topn[ctx.users, :k]
-    s_diff, s_top = _student_scores(ctx, items)
-    return (1 - alpha) * bpr_term(s_diff) + alpha * rd_term(s_top, rank_weights(k, rd_lambda, items.device))
+    users = _distinct_users(ctx)
+    s_top = user_item_scores(ctx.student, users, ctx.topn[users, :k])
+    weights = rank_weights(k, rd_lambda, s_top.device)
+    return (1 - alpha) * bpr_term(_bpr_margin(ctx)) + alpha * rd_term(s_top, weights)
 
 
 @register(
@@ -336,18 +303,22 @@ def rd_loss(
 def cd_loss(
     ctx: KDContext, alpha: float = 0.5, T: float = 1.0, cd_samples: int = 10, cd_lambda: float = 10.0
 ) -> torch.Tensor:
-    """CD: ``cd_samples`` items per user drawn without replacement from the teacher's top-N with
-    ``p(r) ∝ exp(-r / cd_lambda)``; pointwise BCE of the student's ``sigmoid(s)`` (not divided by ``T``)
-    against the soft label ``sigmoid(t / T)``.
+    """CD: for each distinct user of the batch, ``cd_samples`` items drawn without replacement from
+    the teacher's top-N with ``p(r) ∝ exp(-r / cd_lambda)``; pointwise BCE of the student's
+    ``sigmoid(s)`` (not divided by ``T``) against the soft label ``sigmoid(t / T)``.
     """
     k = int(cd_samples)
     _topn_check(ctx, k, "cd_samples")
-    cols = sample_ranks(len(ctx.users), ctx.topn.shape[1], k, cd_lambda, ctx.generator).to(ctx.topn.device)
-    items = ctx.topn[ctx.users.unsqueeze(1), cols]
-    with torch.no_grad():
-        t = ctx.teacher(ctx.users, items)
-    s_diff, s = _student_scores(ctx, items)
-    return (1 - alpha) * bpr_term(s_diff) + alpha * cd_term(s, t, T)
+
+    @torch.no_grad()
+    def draw(users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cols = sample_ranks(len(users), ctx.topn.shape[1], k, cd_lambda, ctx.generator).to(ctx.topn.device)
+        items = ctx.topn[users.unsqueeze(1), cols]
+        return items, ctx.teacher(users, items)  # the soft labels' logits come with the draw
+
+    users, (items, t) = _epoch_draw(ctx, ("cd", k, float(cd_lambda)), draw)
+    s = user_item_scores(ctx.student, users, items)
+    return (1 - alpha) * bpr_term(_bpr_margin(ctx)) + alpha * cd_term(s, t, T)
 
 
 @register(
@@ -363,22 +334,29 @@ def rrd_loss(
     rrd_l: int = 50,
     rrd_lambda: float = 10.0,
 ) -> torch.Tensor:
-    """RRD: ``rrd_k`` interesting items sampled from the teacher's top-N (``p(r) ∝ exp(-r / rrd_lambda)``,
-    without replacement, kept in teacher order) must outrank each other in that order and ``rrd_l``
-    uninteresting items, drawn uniformly from the items outside the user's top-N. Those may include the
-    user's own training positives (the top-N excludes them and the context holds no training matrix); at
-    a few positives among thousands of items this is rare. As in the paper, ``T`` is unused.
+    """RRD, once per distinct user of the batch: ``rrd_k`` interesting items sampled from the teacher's
+    top-N (``p(r) ∝ exp(-r / rrd_lambda)``, without replacement, kept in teacher order) must outrank
+    each other in that order and ``rrd_l`` uninteresting items, drawn uniformly from the items outside
+    the user's top-N and outside its training positives (``ctx.positives``; without it only the top-N
+    is excluded). As in the paper, ``T`` is unused.
     """
     k, n_l = int(rrd_k), int(rrd_l)
     _topn_check(ctx, k, "rrd_k")
-    # sorted positions keep the interesting items in teacher-rank order, as the listwise term needs
-    cols = sample_ranks(len(ctx.users), ctx.topn.shape[1], k, rrd_lambda, ctx.generator).to(ctx.topn.device)
-    interesting = ctx.topn[ctx.users.unsqueeze(1), cols]
-    uninteresting = sample_complement(
-        _sorted_topn_of(ctx.topn)[ctx.users], ctx.student.n_items, n_l, ctx.generator
-    )
-    s_diff, s = _student_scores(ctx, torch.cat([interesting, uninteresting], dim=1))
-    return (1 - alpha) * bpr_term(s_diff) + alpha * rrd_term(s[:, :k], s[:, k:])
+    if n_l < 1:
+        raise ValueError(f"rrd_l={n_l} must be >= 1")
+
+    def draw(users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # sorted positions keep the interesting items in teacher-rank order, as the listwise term needs
+        cols = sample_ranks(len(users), ctx.topn.shape[1], k, rrd_lambda, ctx.generator).to(ctx.topn.device)
+        uninteresting, valid = sample_uninteresting(
+            users, sorted_topn_of(ctx.topn), ctx.student.n_items, n_l, ctx.generator, ctx.positives
+        )
+        return torch.cat([ctx.topn[users.unsqueeze(1), cols], uninteresting], dim=1), valid
+
+    users, (items, valid) = _epoch_draw(ctx, ("rrd", k, n_l, float(rrd_lambda), id(ctx.positives)), draw)
+    s = user_item_scores(ctx.student, users, items)
+    soft = rrd_term(s[:, :k], s[:, k:], valid)
+    return (1 - alpha) * bpr_term(_bpr_margin(ctx)) + alpha * soft
 
 
 @register(
@@ -392,11 +370,12 @@ def de_loss(
 ) -> torch.Tensor:
     """DE: ``BPR + alpha * (DE_users + DE_items)``, the paper's form (BPR keeps weight 1).
 
-    Each term is ``mean ||t_emb - expert(s_emb)||^2`` over the batch's users, resp. pos+neg items.
-    The expert is chosen per row from the teacher embedding by a straight-through Gumbel-softmax at
-    temperature ``de_tau`` (not ``T``): the forward uses exactly one expert, as the paper's annealed
-    (tau -> 0) selection does, while the selector learns through the soft relaxation; the paper instead
-    anneals a soft mixture, which needs a schedule the loss cannot see.
+    Each term is ``mean ||t_emb - expert(s_emb)||^2`` over the batch's distinct users, resp. its
+    distinct items (positives and negatives together). The expert is chosen per row from the teacher
+    embedding by a straight-through Gumbel-softmax at temperature ``de_tau`` (not ``T``): the forward
+    uses exactly one expert, as the paper's annealed (tau -> 0) selection does, while the selector
+    learns through the soft relaxation; the paper instead anneals a soft mixture, which needs a
+    schedule the loss cannot see.
     """
     if de_tau <= 0:
         raise ValueError(f"de_tau must be > 0, got {de_tau}")
@@ -409,11 +388,11 @@ def de_loss(
         raise ValueError(
             f"ctx.extra has {ex.n_experts} experts but de_experts={de_experts}: pass params to make_extra"
         )
-    items = torch.cat([ctx.pos, ctx.neg])
+    users, items = _distinct_users(ctx), torch.unique(torch.cat([ctx.pos, ctx.neg]))
     with torch.no_grad():
-        t_user, t_item = ctx.teacher.user_vectors(ctx.users), ctx.teacher.item_vectors(items)
-    s_user, s_item = ctx.student.user_vectors(ctx.users), ctx.student.item_vectors(items)
+        t_user, t_item = ctx.teacher.user_vectors(users), ctx.teacher.item_vectors(items)
+    s_user, s_item = ctx.student.user_vectors(users), ctx.student.item_vectors(items)
     soft = de_term(ex.user(s_user, t_user, de_tau, ctx.generator), t_user) + de_term(
         ex.item(s_item, t_item, de_tau, ctx.generator), t_item
     )
-    return bpr_term(_student_scores(ctx)[0]) + alpha * soft
+    return bpr_term(_bpr_margin(ctx)) + alpha * soft

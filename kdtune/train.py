@@ -17,7 +17,7 @@ from kdtune.evaluate import evaluate, sample_users
 from kdtune.losses import KDContext, LossDef, get_loss
 from kdtune.models import MF
 from kdtune.optim import TableAdamW
-from kdtune.sampling import BPRSampler
+from kdtune.sampling import BPRSampler, PositiveSet
 
 
 class DivergedError(FloatingPointError):
@@ -91,11 +91,23 @@ def make_step(
     topn: torch.Tensor | None,
     gen: torch.Generator,
     extra: torch.nn.Module | None,
+    positives: PositiveSet | None = None,
+    batches_per_epoch: int | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]:
-    """One optimisation step on a ``(users, pos, neg)`` batch; returns the batch's mean loss."""
+    """One optimisation step on a ``(users, pos, neg)`` batch; returns the batch's mean loss.
+
+    ``positives`` (the sampler's training pairs) lets losses that draw items keep them out (``rrd``).
+    ``batches_per_epoch`` (the sampler's length) lets ``cd`` and ``rrd`` draw their items once per
+    epoch for every user, as the RRD paper does, instead of once per batch (see :mod:`kdtune.losses`).
+    """
+    calls = 0
+    draws: dict | None = {} if batches_per_epoch else None
 
     def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> float:
-        ctx = KDContext(model, teacher, topn, users, pos, neg, gen, extra)
+        nonlocal calls
+        epoch = calls // batches_per_epoch if batches_per_epoch else 0
+        calls += 1
+        ctx = KDContext(model, teacher, topn, users, pos, neg, gen, extra, positives, epoch, draws)
         value = spec.fn(ctx, **kwargs)
         opt.zero_grad(set_to_none=True)
         value.backward()
@@ -188,7 +200,7 @@ def fit(
     if spec.uses_temperature:
         kwargs["T"] = T
 
-    step = make_step(model, spec, kwargs, opt, teacher, topn, gen, extra)
+    step = make_step(model, spec, kwargs, opt, teacher, topn, gen, extra, sampler.positives, len(sampler))
     signal_users = sample_users(valid, valid_users, seed)
 
     best_score, best_epoch, best_metrics = -math.inf, 0, {}

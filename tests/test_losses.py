@@ -5,9 +5,13 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from kdtune import kd_scores
+from kdtune.data import Interactions
+from kdtune.experts import _ExpertSet
 from kdtune.losses import (
     LOSSES,
     DistillationExperts,
@@ -24,9 +28,13 @@ from kdtune.losses import (
     rrd_term,
     sample_complement,
     sample_ranks,
+    sample_uninteresting,
     soft_bce_term,
 )
 from kdtune.models import MF
+from kdtune.optim import TableAdamW
+from kdtune.sampling import PositiveSet
+from kdtune.train import make_step
 
 # Score tables [n_users=2, n_items=4] for the hand-computed cases.
 S = [[2.0, 1.0, 0.0, -1.0], [0.5, -0.5, 1.5, 3.0]]
@@ -54,7 +62,7 @@ def frozen(m: MF) -> MF:
     return m
 
 
-def hand_ctx(topn: list[list[int]] | None = None, extra=None) -> KDContext:
+def hand_ctx(topn: list[list[int]] | None = None, extra=None, positives=None) -> KDContext:
     """Batch: user 0 (pos 0, neg 3), user 1 (pos 2, neg 1)."""
     return KDContext(
         student=table_mf(S),
@@ -65,7 +73,24 @@ def hand_ctx(topn: list[list[int]] | None = None, extra=None) -> KDContext:
         neg=torch.tensor([3, 1]),
         generator=torch.Generator().manual_seed(0),
         extra=extra,
+        positives=positives,
     )
+
+
+def pairs(users: list[int], items: list[int], n_users: int, n_items: int) -> Interactions:
+    return Interactions.from_arrays(np.array(users), np.array(items), n_users, n_items)
+
+
+def repeated_ctx(topn: list[list[int]]) -> KDContext:
+    """Batch where user 0 has three triplets and user 1 one: (0,0,3) (0,0,1) (0,0,2) (1,2,1)."""
+    ctx = hand_ctx(topn)
+    ctx.users, ctx.pos, ctx.neg = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 0, 2]), torch.tensor([3, 1, 2, 1])
+    return ctx
+
+
+# BPR over the four triplets of repeated_ctx: margins s(u, pos) - s(u, neg)
+MARGINS4 = (S[0][0] - S[0][3], S[0][0] - S[0][1], S[0][0] - S[0][2], S[1][2] - S[1][1])
+BPR4 = sum(math.log1p(math.exp(-d)) for d in MARGINS4) / 4
 
 
 # pair margins of the hand batch
@@ -271,6 +296,212 @@ def test_de_loss_hand():
     item_term /= 4
     loss = get_loss("de").fn(ctx, alpha=a, T=1.0, de_experts=2, de_tau=0.5)
     close(loss, BPR + a * (user_term + item_term), tol=1e-4)
+
+
+def test_per_user_terms_count_each_distinct_user_once():
+    """User 0 has three triplets, user 1 one: BPR averages the 4 triplets, the soft term the 2 users.
+
+    (Until the soft terms were per user, user 0's soft term counted 3 times: (3 u0 + u1) / 4.)
+    """
+    a = 0.5
+    topn = [[1, 2, 3], [0, 1, 3]]
+    w0, w1 = math.exp(-1) / (math.exp(-1) + math.exp(-2)), math.exp(-2) / (math.exp(-1) + math.exp(-2))
+    u0 = -(w0 * math.log(sig(S[0][1])) + w1 * math.log(sig(S[0][2])))
+    u1 = -(w0 * math.log(sig(S[1][0])) + w1 * math.log(sig(S[1][1])))
+    rd = get_loss("rd").fn(repeated_ctx(topn), alpha=a, T=1.0, rd_k=2, rd_lambda=1.0)
+    close(rd, (1 - a) * BPR4 + a * (u0 + u1) / 2)
+    # rrd with rrd_k = N: the only item outside each top-N is uninteresting (no positives given)
+    r0 = rrd_by_hand([S[0][1], S[0][2], S[0][3]], [S[0][0]] * 2)
+    r1 = rrd_by_hand([S[1][0], S[1][1], S[1][3]], [S[1][2]] * 2)
+    rrd = get_loss("rrd").fn(repeated_ctx(topn), alpha=a, T=1.0, rrd_k=3, rrd_l=2, rrd_lambda=1.0)
+    close(rrd, (1 - a) * BPR4 + a * (r0 + r1) / 2)
+    # cd with cd_samples = N: user 0's three items and user 1's three, each user once
+    T = 2.0
+    cd_soft = 0.0
+    for u in (0, 1):
+        for i in topn[u]:
+            y, q = sig(T_[u][i] / T), sig(S[u][i])
+            cd_soft += -(y * math.log(q) + (1 - y) * math.log(1 - q))
+    cd = get_loss("cd").fn(repeated_ctx(topn), alpha=a, T=T, cd_samples=3, cd_lambda=1.0)
+    close(cd, (1 - a) * BPR4 + a * cd_soft / 6)
+
+
+def test_de_items_are_the_distinct_items_of_the_batch():
+    # identity experts (x -> relu(x), w2 = I): items 0..3 all appear, item 0 three times as a positive
+    extra = DistillationExperts(2, 2, n_experts=2)
+    with torch.no_grad():
+        for s in (extra.user, extra.item):
+            s.w1.copy_(torch.eye(2).expand(2, 2, 2))
+            s.w2.copy_(torch.eye(2).expand(2, 2, 2))
+            s.b1.zero_()
+            s.b2.zero_()
+    ctx = repeated_ctx([[1, 2, 3], [0, 1, 3]])
+    ctx.extra = extra
+    user_term = (0 + 0) / 2  # one-hot student users map exactly onto one-hot teacher users
+    item_term = 0.0
+    for i in range(4):
+        pred = [max(S[0][i], 0.0), max(S[1][i], 0.0)]
+        item_term += (T_[0][i] - pred[0]) ** 2 + (T_[1][i] - pred[1]) ** 2
+    loss = get_loss("de").fn(ctx, alpha=0.5, T=1.0, de_experts=2, de_tau=0.5)
+    close(loss, BPR4 + 0.5 * (user_term + item_term / 4), tol=1e-4)
+
+
+def test_rrd_hand_with_positives_excluded():
+    """Given the training positives, user 0's only item outside its top-N is its positive (item 0): no
+    uninteresting item is left, so its term is the listwise term of the interesting items alone."""
+    a = 0.5
+    topn = [[1, 2, 3], [0, 1, 3]]
+    positives = PositiveSet(pairs([0, 1], [0, 2], 2, 4))
+    u0 = rrd_by_hand([S[0][1], S[0][2], S[0][3]], [])
+    # likewise user 1: its positive, item 2, is its only item outside the top-N
+    u1 = rrd_by_hand([S[1][0], S[1][1], S[1][3]], [])
+    loss = get_loss("rrd").fn(hand_ctx(topn, positives=positives), alpha=a, rrd_k=3, rrd_l=4, rrd_lambda=1.0)
+    close(loss, (1 - a) * BPR + a * (u0 + u1) / 2)
+    loss.backward()  # a row without any uninteresting item keeps the gradient finite
+
+
+def test_rrd_term_valid_mask_hand():
+    s_int, s_un = [[2.0, 0.5]], [[-1.0, 0.3, 9.0]]
+    valid = torch.tensor([[True, True, False]])
+    close(rrd_term(torch.tensor(s_int), torch.tensor(s_un), valid), rrd_by_hand(s_int[0], [-1.0, 0.3]))
+
+
+def test_uninteresting_items_never_a_training_positive():
+    g = torch.Generator().manual_seed(3)
+    n_users, n_items = 6, 40
+    rng = np.random.default_rng(0)
+    # dense training data (half the catalogue per user) so that many first draws collide
+    us, its = [], []
+    for u in range(n_users):
+        chosen = rng.choice(n_items, 20, replace=False)
+        us += [u] * 20
+        its += chosen.tolist()
+    positives = PositiveSet(pairs(us, its, n_users, n_items))
+    seen = {(u, i) for u, i in zip(us, its, strict=True)}
+    topn = torch.stack([torch.tensor([i for i in range(n_items) if (u, i) not in seen][:8]) for u in range(n_users)])
+    users = torch.tensor([0, 2, 3, 5])
+    # 20 of the 32 items outside a top-N are positives: 62% of draws collide, so allow many rounds
+    items, valid = sample_uninteresting(users, topn.sort(1).values, n_items, 500, g, positives, max_rounds=60)
+    assert valid.all()
+    for r, u in enumerate(users.tolist()):
+        got = set(items[r].tolist())
+        assert not got & {i for (v, i) in seen if v == u}
+        assert not got & set(topn[u].tolist())
+        assert len(got) == n_items - 20 - 8  # and every allowed item turns up
+    # a user whose positives and top-N cover the catalogue: nothing valid is left, nothing is invented
+    full = PositiveSet(pairs([0] * 38, list(range(2, 40)), 1, 40))
+    items, valid = sample_uninteresting(torch.tensor([0]), torch.tensor([[0, 1]]), 40, 50, g, full, max_rounds=3)
+    assert not valid.any()
+
+
+def test_user_item_scores_match_forward_values_and_gradients():
+    torch.manual_seed(0)
+    m = MF(7, 30, 5, seed=0)
+    with torch.no_grad():
+        m.item_bias.weight.normal_()
+        m.user_bias.weight.normal_()
+    users = torch.tensor([4, 0, 6])
+    items = torch.tensor([[1, 1, 29, 3], [0, 5, 5, 5], [29, 2, 8, 1]])  # repeated items in and across rows
+    w = torch.randn(3, 4)
+    (m(users, items) * w).sum().backward()
+    expected = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    got = kd_scores.user_item_scores(m, users, items)
+    assert torch.allclose(got, m(users, items), atol=1e-6)
+    (got * w).sum().backward()
+    for e, p in zip(expected, m.parameters(), strict=True):
+        assert torch.allclose(p.grad, e, atol=1e-5)
+
+
+def test_user_item_scores_through_table_optimizer():
+    """Read through gather_rows: a TableAdamW step from user_item_scores equals one from forward."""
+    users, items = torch.tensor([1, 2]), torch.tensor([[0, 3, 3], [4, 0, 1]])
+    states = []
+    for fn in (lambda m: m(users, items), lambda m: kd_scores.user_item_scores(m, users, items)):
+        m = MF(3, 5, 4, seed=1)
+        opt = TableAdamW(m.row_tables(), lr=0.1, lazy=False)
+        opt.zero_grad()
+        fn(m).pow(2).sum().backward()
+        opt.step()
+        opt.close()
+        states.append(m.state_dict())
+    for k in states[0]:
+        assert torch.allclose(states[0][k], states[1][k], atol=1e-6), k
+
+
+def test_chosen_expert_matches_every_expert_under_autograd():
+    """Running only the selected expert forward and backward gives the straight-through mixture's
+    value and gradients (experts, student rows and selector) of running all experts under autograd."""
+    torch.manual_seed(0)
+    ex = _ExpertSet(3, 4, n_experts=3)
+    s = torch.randn(9, 3, requires_grad=True)
+    t = torch.randn(9, 4)
+    got = ex(s, t, 0.7, torch.Generator().manual_seed(5))
+    (got * torch.arange(4.0)).sum().backward()
+    got_grads = [x.grad.clone() for x in (s, *ex.parameters())]
+    for x in (s, *ex.parameters()):
+        x.grad = None
+    sel = gumbel_select(ex.selector(t), 0.7, torch.Generator().manual_seed(5))
+    hidden = torch.relu(torch.einsum("md,edh->meh", s, ex.w1) + ex.b1)
+    every = torch.einsum("meh,eht->met", hidden, ex.w2) + ex.b2
+    ref = (sel.unsqueeze(-1) * every).sum(1)
+    assert torch.allclose(got, ref, atol=1e-5)
+    (ref * torch.arange(4.0)).sum().backward()
+    for g, x in zip(got_grads, (s, *ex.parameters()), strict=True):
+        assert torch.allclose(g, x.grad, atol=1e-5)
+
+
+def test_make_step_hands_positives_and_epochs_to_the_loss():
+    seen = []
+
+    def spy(ctx, alpha=0.5):
+        seen.append((ctx.positives, ctx.epoch, ctx.draws))
+        return get_loss("bpr").fn(ctx)
+
+    spec = LOSSES["bpr"].__class__("spy", spy, {}, False, "spy")
+    model = MF(2, 4, 2, seed=0)
+    positives = PositiveSet(pairs([0, 1], [0, 2], 2, 4))
+    opt = TableAdamW(model.row_tables(), lr=0.1, lazy=False)
+    step = make_step(model, spec, {}, opt, None, None, torch.Generator(), None, positives, batches_per_epoch=2)
+    for _ in range(5):
+        step(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+    opt.close()
+    assert all(p is positives for p, _, _ in seen)
+    assert [e for _, e, _ in seen] == [0, 0, 1, 1, 2]
+    assert all(d is seen[0][2] and isinstance(d, dict) for _, _, d in seen)  # one store for the run
+    # without an epoch length, draws are per batch
+    step = make_step(model, spec, {}, TableAdamW(model.row_tables(), lr=0.1, lazy=False), None, None,
+                     torch.Generator(), None)
+    step(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+    assert seen[-1][2] is None
+
+
+@pytest.mark.parametrize("name", ["cd", "rrd"])
+def test_epoch_draws_are_kept_within_an_epoch_and_renewed_after(name):
+    d = get_loss(name)
+    ctx = random_ctx(name)
+    ctx.draws, ctx.epoch = {}, 0
+    first = d.fn(ctx, alpha=0.5, T=2.0, **d.params)
+    table = ctx.draws["epoch_draw"][1]
+    assert table[0].shape[0] == ctx.topn.shape[0]  # drawn for every user at once
+    ctx.users = torch.tensor([1, 1, 5, 7])  # another batch of the same epoch: same draws
+    ctx.pos, ctx.neg = torch.tensor([0, 3, 4, 9]), torch.tensor([2, 8, 11, 20])
+    d.fn(ctx, alpha=0.5, T=2.0, **d.params)
+    assert ctx.draws["epoch_draw"][1] is table
+    # the value is the per-user definition on the users' rows of the table
+    items = table[0][torch.tensor([1, 5, 7])]
+    s = ctx.student(torch.tensor([1, 5, 7]), items)
+    bpr = bpr_term(ctx.student(ctx.users, ctx.pos) - ctx.student(ctx.users, ctx.neg))
+    if name == "rrd":
+        k = d.params["rrd_k"]
+        soft = rrd_term(s[:, :k], s[:, k:], table[1][torch.tensor([1, 5, 7])])
+    else:
+        soft = cd_term(s, table[1][torch.tensor([1, 5, 7])], 2.0)
+    assert torch.allclose(d.fn(ctx, alpha=0.5, T=2.0, **d.params), 0.5 * bpr + 0.5 * soft, atol=1e-5)
+    ctx.epoch = 1
+    d.fn(ctx, alpha=0.5, T=2.0, **d.params)
+    assert not torch.equal(ctx.draws["epoch_draw"][1][0], table[0])
+    assert torch.isfinite(first)
 
 
 def test_de_requires_matching_extra():
