@@ -11,11 +11,7 @@ import weakref
 
 import torch
 
-from kdtune.sampling import PositiveSet
-
-# Rounds of redraws for uninteresting items that hit a training positive: each round redraws only the
-# colliding cells, so at CiteULike-a's density (< 0.3% of cells) one round almost always suffices.
-MAX_REDRAW_ROUNDS = 10
+from kdtune.sampling import MAX_BITMAP_CELLS, PositiveSet
 
 
 def rank_weights(n: int, lam: float, device: torch.device | str | None = None) -> torch.Tensor:
@@ -42,57 +38,67 @@ def sample_ranks(n_rows: int, n: int, k: int, lam: float, generator: torch.Gener
     return keys.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
 
 
-def sample_complement(
-    excluded_sorted: torch.Tensor, n_items: int, n: int, generator: torch.Generator
-) -> torch.Tensor:
-    """``[B, n]`` items drawn uniformly (with replacement) from ``0..n_items-1`` minus each row's exclusions.
-
-    ``excluded_sorted`` is ``[B, N]``, distinct ids sorted ascending per row. Exact, without rejection:
-    draw ``j`` uniform over the ``n_items - N`` allowed items, then the j-th allowed item is
-    ``j + #{m : excluded[m] - m <= j}`` (one batched searchsorted).
-    """
-    b, n_ex = excluded_sorted.shape
-    if n_items <= n_ex:
-        raise ValueError("no item is left to sample outside the excluded set")
-    j = torch.randint(n_items - n_ex, (b, n), generator=generator, device=generator.device)
-    j = j.to(excluded_sorted.device)
-    shifted = excluded_sorted - torch.arange(n_ex, device=excluded_sorted.device)
-    return j + torch.searchsorted(shifted, j, right=True)
 
 
-def sample_uninteresting(
+
+
+def shared_uninteresting(
     users: torch.Tensor,
-    topn_sorted: torch.Tensor,
+    topn: torch.Tensor,
     n_items: int,
     n: int,
     generator: torch.Generator,
     positives: PositiveSet | None = None,
-    max_rounds: int = MAX_REDRAW_ROUNDS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """RRD's uninteresting items: ``[U, n]`` uniform draws per user outside its top-N and its positives.
+    """RRD's uninteresting items drawn once for all ``users`` of a batch: ``(pool [n], valid [U, n])``.
 
-    ``topn_sorted`` is the teacher's top-N table sorted by item id (:func:`sorted_topn_of`); the top-N
-    is excluded exactly by :func:`sample_complement`. Draws that hit a training positive (``positives``)
-    are redrawn, all collisions at once, for at most ``max_rounds`` rounds. Returns ``(items, valid)``:
-    ``valid`` is False only where a collision survived every round (a user who has seen nearly every
-    item); the loss leaves those cells out, so a training positive never counts as uninteresting.
+    ``pool`` is ``n`` uniform draws over the catalogue; ``valid[u, j]`` is False where ``pool[j]`` is in
+    user ``u``'s top-N (``topn``) or among its training positives. So each user's valid cells are uniform
+    draws outside its top-N and positives (their number varies a little: ``n`` less the hits of
+    ~(N + |positives|) / n_items), while the users of a batch share the items: their scores are one dense
+    ``[U, d] x [d, n]`` product instead of ``U * n`` gathered rows. Membership is one lookup per cell in
+    a bitmap of the excluded (user, item) pairs, built once per run (a sorted search above
+    ``MAX_BITMAP_CELLS``, as :class:`~kdtune.sampling.PositiveSet` does).
     """
-    excluded = topn_sorted[users]
-    items = sample_complement(excluded, n_items, n, generator)
-    if positives is None:
-        return items, torch.ones_like(items, dtype=torch.bool)
-    rows = users.unsqueeze(1).expand_as(items)
-    bad = positives.contains(rows, items)
-    for _ in range(max_rounds):
-        idx = bad.nonzero()
-        if idx.numel() == 0:
-            break
-        r, c = idx[:, 0], idx[:, 1]
-        # redraw only the colliding cells, each from its own row's complement of the top-N
-        new = sample_complement(excluded[r], n_items, 1, generator).squeeze(1)
-        items[r, c] = new
-        bad[r, c] = positives.contains(users[r], new)
-    return items, ~bad
+    dev = topn.device
+    pool = torch.randint(n_items, (n,), generator=generator, device=generator.device).to(dev)
+    bits = _exclusion_bitmap(topn, positives, n_items)
+    if bits is not None:
+        # item-major: the pool's rows are n contiguous runs of n_users flags (no random access into a
+        # table of n_users * n_items cells, which cost ~4 ms a batch in cache misses on CiteULike-a)
+        return pool, ~bits.index_select(0, pool).index_select(1, users).T
+    rows = sorted_topn_of(topn)[users]  # [U, N], sorted by item id
+    cells = pool.unsqueeze(0).expand(len(users), n).contiguous()
+    at = torch.searchsorted(rows, cells).clamp_(max=rows.shape[1] - 1)
+    hit = rows.gather(1, at) == cells
+    if positives is not None:
+        hit |= positives.contains(users.unsqueeze(1).expand_as(cells), cells)
+    return pool, ~hit
+
+
+_exclusion: tuple[weakref.ref, int, int, torch.Tensor | None] | None = None
+
+
+def _exclusion_bitmap(topn: torch.Tensor, positives: PositiveSet | None, n_items: int) -> torch.Tensor | None:
+    """Bool ``[n_items, n_users]`` (item-major): True for each user's top-N items and training positives;
+    cached while the same top-N table and positive set are passed. ``None`` when it would be too large."""
+    global _exclusion
+    n_users = topn.shape[0]
+    if n_users * n_items > MAX_BITMAP_CELLS:
+        return None
+    c = _exclusion
+    if c is None or c[0]() is not topn or c[1] != topn._version or c[2] != id(positives):
+        if positives is not None and positives.bitmap is not None:
+            bits = positives.bitmap.clone()
+        else:
+            bits = torch.zeros(n_users * n_items, dtype=torch.bool, device=topn.device)
+        if positives is not None and positives.bitmap is None:
+            return None  # positives too many for a bitmap of their own: use the sorted search
+        bits = bits.view(n_users, n_items)
+        bits.scatter_(1, topn, True)
+        c = (weakref.ref(topn), topn._version, id(positives), bits.T.contiguous())
+        _exclusion = c
+    return c[3]
 
 
 _sorted_topn: tuple[weakref.ref, int, torch.Tensor] | None = None

@@ -26,9 +26,7 @@ from kdtune.losses import (
     rank_weights,
     rd_term,
     rrd_term,
-    sample_complement,
     sample_ranks,
-    sample_uninteresting,
     soft_bce_term,
 )
 from kdtune.models import MF
@@ -189,17 +187,6 @@ def test_sample_ranks_without_replacement_sorted_and_rank_aware():
         sample_ranks(2, 3, 4, 1.0, g)
 
 
-def test_sample_complement_exact_and_uniform():
-    g = torch.Generator().manual_seed(2)
-    ex = torch.tensor([[2, 5], [0, 6]])
-    x = sample_complement(ex, 7, 30000, g)
-    assert not (x[0] == 2).any() and not (x[0] == 5).any() and not (x[1] == 0).any() and not (x[1] == 6).any()
-    assert x.min() >= 0 and x.max() < 7
-    for row, allowed in ((x[0], [0, 1, 3, 4, 6]), (x[1], [1, 2, 3, 4, 5])):
-        freq = torch.bincount(row, minlength=7).float()[allowed] / len(row)
-        assert torch.allclose(freq, torch.full((5,), 0.2), atol=0.015)
-    with pytest.raises(ValueError):
-        sample_complement(torch.tensor([[0, 1]]), 2, 3, g)
 
 
 def test_sorted_topn_cache_follows_in_place_edits():
@@ -264,13 +251,39 @@ def test_cd_loss_hand():
     close(loss, (1 - a) * BPR + a * soft / 6)
 
 
-def test_rrd_loss_hand():
-    # rrd_k = N takes the whole top-N in teacher order; one item is left outside it, so all L draws are it
+@pytest.fixture
+def pools(monkeypatch):
+    """The shared uninteresting pools rrd draws (each batch's), recorded as the loss draws them."""
+    from kdtune import losses
+
+    drawn = []
+    real = losses.shared_uninteresting
+
+    def record(*args, **kwargs):
+        pool, valid = real(*args, **kwargs)
+        drawn.append(pool.tolist())
+        return pool, valid
+
+    monkeypatch.setattr(losses, "shared_uninteresting", record)
+    return drawn
+
+
+def uninteresting_by_hand(u: int, pool: list[int], topn: list[list[int]], seen=()) -> list[float]:
+    """User u's uninteresting scores: the pool's draws outside its top-N and its positives, repeats kept."""
+    return [S[u][j] for j in pool if j not in topn[u] and (u, j) not in seen]
+
+
+def test_rrd_loss_hand(pools):
+    # rrd_k = N takes the whole top-N in teacher order; one item is left outside it, so of the L draws
+    # (shared by the batch's users) a user's uninteresting items are the draws of that item
     a = 0.5
     topn = [[1, 2, 3], [0, 1, 3]]
-    u0 = rrd_by_hand([S[0][1], S[0][2], S[0][3]], [S[0][0]] * 4)
-    u1 = rrd_by_hand([S[1][0], S[1][1], S[1][3]], [S[1][2]] * 4)
-    loss = get_loss("rrd").fn(hand_ctx(topn), alpha=a, T=9.0, rrd_k=3, rrd_l=4, rrd_lambda=1.0)
+    loss = get_loss("rrd").fn(hand_ctx(topn), alpha=a, T=9.0, rrd_k=3, rrd_l=40, rrd_lambda=1.0)
+    (pool,) = pools
+    assert len(pool) == 40 and {0, 2} <= set(pool)  # 40 draws over 4 items: both users get some
+    u0 = rrd_by_hand([S[0][1], S[0][2], S[0][3]], uninteresting_by_hand(0, pool, topn))
+    u1 = rrd_by_hand([S[1][0], S[1][1], S[1][3]], uninteresting_by_hand(1, pool, topn))
+    assert uninteresting_by_hand(0, pool, topn) == [S[0][0]] * pool.count(0)
     close(loss, (1 - a) * BPR + a * (u0 + u1) / 2)
 
 
@@ -298,7 +311,7 @@ def test_de_loss_hand():
     close(loss, BPR + a * (user_term + item_term), tol=1e-4)
 
 
-def test_per_user_terms_count_each_distinct_user_once():
+def test_per_user_terms_count_each_distinct_user_once(pools):
     """User 0 has three triplets, user 1 one: BPR averages the 4 triplets, the soft term the 2 users.
 
     (Until the soft terms were per user, user 0's soft term counted 3 times: (3 u0 + u1) / 4.)
@@ -311,9 +324,9 @@ def test_per_user_terms_count_each_distinct_user_once():
     rd = get_loss("rd").fn(repeated_ctx(topn), alpha=a, T=1.0, rd_k=2, rd_lambda=1.0)
     close(rd, (1 - a) * BPR4 + a * (u0 + u1) / 2)
     # rrd with rrd_k = N: the only item outside each top-N is uninteresting (no positives given)
-    r0 = rrd_by_hand([S[0][1], S[0][2], S[0][3]], [S[0][0]] * 2)
-    r1 = rrd_by_hand([S[1][0], S[1][1], S[1][3]], [S[1][2]] * 2)
-    rrd = get_loss("rrd").fn(repeated_ctx(topn), alpha=a, T=1.0, rrd_k=3, rrd_l=2, rrd_lambda=1.0)
+    rrd = get_loss("rrd").fn(repeated_ctx(topn), alpha=a, T=1.0, rrd_k=3, rrd_l=20, rrd_lambda=1.0)
+    r0 = rrd_by_hand([S[0][1], S[0][2], S[0][3]], uninteresting_by_hand(0, pools[0], topn))
+    r1 = rrd_by_hand([S[1][0], S[1][1], S[1][3]], uninteresting_by_hand(1, pools[0], topn))
     close(rrd, (1 - a) * BPR4 + a * (r0 + r1) / 2)
     # cd with cd_samples = N: user 0's three items and user 1's three, each user once
     T = 2.0
@@ -366,32 +379,31 @@ def test_rrd_term_valid_mask_hand():
     close(rrd_term(torch.tensor(s_int), torch.tensor(s_un), valid), rrd_by_hand(s_int[0], [-1.0, 0.3]))
 
 
-def test_uninteresting_items_never_a_training_positive():
-    g = torch.Generator().manual_seed(3)
-    n_users, n_items = 6, 40
-    rng = np.random.default_rng(0)
-    # dense training data (half the catalogue per user) so that many first draws collide
-    us, its = [], []
-    for u in range(n_users):
-        chosen = rng.choice(n_items, 20, replace=False)
-        us += [u] * 20
-        its += chosen.tolist()
-    positives = PositiveSet(pairs(us, its, n_users, n_items))
-    seen = {(u, i) for u, i in zip(us, its, strict=True)}
-    topn = torch.stack([torch.tensor([i for i in range(n_items) if (u, i) not in seen][:8]) for u in range(n_users)])
-    users = torch.tensor([0, 2, 3, 5])
-    # 20 of the 32 items outside a top-N are positives: 62% of draws collide, so allow many rounds
-    items, valid = sample_uninteresting(users, topn.sort(1).values, n_items, 500, g, positives, max_rounds=60)
-    assert valid.all()
-    for r, u in enumerate(users.tolist()):
-        got = set(items[r].tolist())
-        assert not got & {i for (v, i) in seen if v == u}
-        assert not got & set(topn[u].tolist())
-        assert len(got) == n_items - 20 - 8  # and every allowed item turns up
-    # a user whose positives and top-N cover the catalogue: nothing valid is left, nothing is invented
-    full = PositiveSet(pairs([0] * 38, list(range(2, 40)), 1, 40))
-    items, valid = sample_uninteresting(torch.tensor([0]), torch.tensor([[0, 1]]), 40, 50, g, full, max_rounds=3)
-    assert not valid.any()
+def test_shared_uninteresting_pool_is_valid_only_outside_top_n_and_positives(monkeypatch):
+    from kdtune import kd_sampling
+    from kdtune.kd_sampling import shared_uninteresting
+
+    g = torch.Generator().manual_seed(5)
+    n_users, n_items = 5, 30
+    seen = {(u, (3 * u + j) % n_items) for u in range(n_users) for j in range(6)}
+    positives = PositiveSet(pairs([u for u, _ in seen], [i for _, i in seen], n_users, n_items))
+    topn = torch.stack([torch.tensor([(7 * u + j) % n_items for j in range(4)]) for u in range(n_users)])
+    users = torch.tensor([0, 1, 3, 4])
+    counts = torch.zeros(n_items)
+    for i in range(200):
+        if i == 100:  # the same answers from the sorted search used where a bitmap would be too large
+            monkeypatch.setattr(kd_sampling, "MAX_BITMAP_CELLS", 10)
+        pool, valid = shared_uninteresting(users, topn, n_items, 50, g, positives)
+        assert pool.shape == (50,) and valid.shape == (4, 50)
+        for r, u in enumerate(users.tolist()):
+            for j, item in enumerate(pool.tolist()):
+                excluded = (u, item) in seen or item in topn[u].tolist()
+                assert bool(valid[r, j]) == (not excluded)
+        counts += torch.bincount(pool, minlength=n_items)
+    # the pool is uniform over the catalogue (10,000 draws, 333 expected per item)
+    assert counts.min() > 250 and counts.max() < 420
+
+
 
 
 def test_user_item_scores_match_forward_values_and_gradients():
@@ -477,7 +489,7 @@ def test_make_step_hands_positives_and_epochs_to_the_loss():
 
 
 @pytest.mark.parametrize("name", ["cd", "rrd"])
-def test_epoch_draws_are_kept_within_an_epoch_and_renewed_after(name):
+def test_epoch_draws_are_kept_within_an_epoch_and_renewed_after(name, pools):
     d = get_loss(name)
     ctx = random_ctx(name)
     ctx.draws, ctx.epoch = {}, 0
@@ -489,15 +501,22 @@ def test_epoch_draws_are_kept_within_an_epoch_and_renewed_after(name):
     d.fn(ctx, alpha=0.5, T=2.0, **d.params)
     assert ctx.draws["epoch_draw"][1] is table
     # the value is the per-user definition on the users' rows of the table
-    items = table[0][torch.tensor([1, 5, 7])]
-    s = ctx.student(torch.tensor([1, 5, 7]), items)
+    users = torch.tensor([1, 5, 7])
+    items = table[0][users]
+    s = ctx.student(users, items)
     bpr = bpr_term(ctx.student(ctx.users, ctx.pos) - ctx.student(ctx.users, ctx.neg))
+    value = d.fn(ctx, alpha=0.5, T=2.0, **d.params)
     if name == "rrd":
-        k = d.params["rrd_k"]
-        soft = rrd_term(s[:, :k], s[:, k:], table[1][torch.tensor([1, 5, 7])])
+        # the interesting items come from the epoch's table, the uninteresting ones from this batch's pool
+        pool = torch.tensor(pools[-1])
+        s_pool = ctx.student(users, pool.expand(3, -1))
+        from kdtune.kd_sampling import sorted_topn_of
+
+        valid = torch.stack([~torch.isin(pool, sorted_topn_of(ctx.topn)[u]) for u in users])
+        soft = rrd_term(s, s_pool, valid)
     else:
-        soft = cd_term(s, table[1][torch.tensor([1, 5, 7])], 2.0)
-    assert torch.allclose(d.fn(ctx, alpha=0.5, T=2.0, **d.params), 0.5 * bpr + 0.5 * soft, atol=1e-5)
+        soft = cd_term(s, table[1][users], 2.0)
+    assert torch.allclose(value, 0.5 * bpr + 0.5 * soft, atol=1e-5)
     ctx.epoch = 1
     d.fn(ctx, alpha=0.5, T=2.0, **d.params)
     assert not torch.equal(ctx.draws["epoch_draw"][1][0], table[0])
