@@ -224,7 +224,7 @@ def kcore_filter(data: Interactions, k: int) -> Interactions:
     uid = u_used if data.user_ids is None else data.user_ids[u_used]
     iid = i_used if data.item_ids is None else data.item_ids[i_used]
     return Interactions.from_arrays(u_codes, i_codes, len(u_used), len(i_used), ts, uid, iid,
-                                    name=f"{data.name} ({k}-core)")
+                                    name=f"{data.name} ({k}-core)", origin=data.origin)
 
 
 

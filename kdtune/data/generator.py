@@ -1,4 +1,4 @@
-"""The seeded synthetic dataset (``--data synthetic[:key=value,...]``)."""
+"""The seeded synthetic dataset (``--data synthetic[:key=value,...]``): see `synthetic` for its design."""
 
 from __future__ import annotations
 
@@ -7,38 +7,66 @@ import numpy as np
 from kdtune.data.interactions import Interactions
 from kdtune.errors import DataError
 
+GENERATOR_VERSION = 2
+"""Bumped whenever the same arguments would generate different data; part of the fingerprint, so that
+splits and teachers cached from an older generator are never reused."""
+
 
 def synthetic(
     n_users: int = 2000,
     n_items: int = 3000,
-    dim: int = 16,
+    dim: int = 64,
+    topics: int | None = None,
+    topics_per_user: int = 2,
+    noise: float = 0.3,
     mean_items: float = 30.0,
+    activity_sigma: float = 0.8,
     popularity_exponent: float = 0.8,
-    affinity: float = 5.0,
+    affinity: float = 8.0,
     seed: int = 0,
 ) -> Interactions:
-    """A seeded implicit dataset with real structure, so that Recall@K means something.
+    """A seeded implicit dataset whose structure needs more than a few dimensions to model.
 
-    Users and items get latent factors (a mixture of ``dim`` Gaussian "tastes"); each item also gets a
-    popularity drawn from a Zipf law with ``popularity_exponent``. User activity is log-normal around
-    ``mean_items``. Each user draws their items without replacement with probability
-    ``∝ popularity_i · exp(affinity · cos(u, i))``, so both taste and popularity matter and a
-    model that learns the factors beats a popularity ranking.
+    Why this shape: a small MF student should clearly lose to a 64-dim teacher here (otherwise a
+    first search shows no gap for distillation to close), while the teacher's ranking still carries
+    what the student misses, as on real data. So the taste space is high-rank, sharp and sparse:
+
+    - ``topics`` topic centres (default: one per 40 items, between 2 and 64, so small test datasets
+      keep enough items per topic to learn from), random directions in ``dim`` dimensions (nearly
+      orthogonal when ``dim >= topics``), so no low-dimensional projection separates them all;
+    - each item belongs to one topic (its centre plus Gaussian ``noise``); each user mixes
+      ``topics_per_user`` topics with Dirichlet(1) weights (plus ``noise``), so a user's taste is a
+      blend that a few dimensions cannot represent for every pair of topics;
+    - item popularity is a Zipf law with ``popularity_exponent`` (a head that any model learns, and a
+      long tail only the taste explains); user activity is log-normal around ``mean_items`` with
+      spread ``activity_sigma`` (many users with a handful of items, a few heavy users);
+    - each user draws their items without replacement with probability
+      ``∝ popularity_i · exp(affinity · cos(u, i))``: a high ``affinity`` makes tastes sharp.
+
+    Items nobody picked are dropped, so ``n_items`` is an upper bound. The data's ``origin`` (hence its
+    fingerprint, and that of its splits and teachers) includes `GENERATOR_VERSION`.
     """
     if n_users < 2 or n_items < 2:
         raise DataError("synthetic data needs at least 2 users and 2 items")
+    if topics is None:
+        topics = min(64, max(2, n_items // 40))
+    if dim < 1 or topics < 1 or topics_per_user < 1:
+        raise DataError(f"synthetic data needs dim, topics and topics_per_user >= 1 "
+                        f"(got {dim}, {topics}, {topics_per_user})")
+    if mean_items <= 0 or noise < 0 or activity_sigma < 0:
+        raise DataError("synthetic data needs mean_items > 0, noise >= 0 and activity_sigma >= 0")
     rng = np.random.default_rng(seed)
-    # Taste clusters make the factors low-rank but not trivially so.
-    n_clusters = max(2, dim)
-    centers = rng.normal(size=(n_clusters, dim))
-    uf = centers[rng.integers(n_clusters, size=n_users)] + 0.5 * rng.normal(size=(n_users, dim))
-    itf = centers[rng.integers(n_clusters, size=n_items)] + 0.5 * rng.normal(size=(n_items, dim))
+    # Scaled by 1/sqrt(dim) so that noise is relative to a unit-length centre whatever the dim.
+    centers = rng.normal(size=(topics, dim)) / np.sqrt(dim)
+    weights = rng.dirichlet(np.ones(topics_per_user), size=n_users)
+    user_topics = rng.integers(topics, size=(n_users, topics_per_user))
+    uf = np.einsum("ut,utd->ud", weights, centers[user_topics])
+    uf += noise * rng.normal(size=(n_users, dim)) / np.sqrt(dim)
+    itf = centers[rng.integers(topics, size=n_items)] + noise * rng.normal(size=(n_items, dim)) / np.sqrt(dim)
     uf /= np.linalg.norm(uf, axis=1, keepdims=True)
     itf /= np.linalg.norm(itf, axis=1, keepdims=True)
-    ranks = rng.permutation(n_items) + 1
-    log_pop = -popularity_exponent * np.log(ranks)
-    sigma = 0.8
-    activity = rng.lognormal(np.log(mean_items) - sigma**2 / 2, sigma, size=n_users)
+    log_pop = -popularity_exponent * np.log(rng.permutation(n_items) + 1)
+    activity = rng.lognormal(np.log(mean_items) - activity_sigma**2 / 2, activity_sigma, size=n_users)
     activity = np.clip(np.round(activity), 3, n_items // 2).astype(np.int64)
 
     users_out, items_out = [], []
@@ -59,20 +87,22 @@ def synthetic(
     used, items = np.unique(items, return_inverse=True)
     return Interactions.from_arrays(
         users, items, n_users, len(used), None, np.arange(n_users), used,
-        name=f"synthetic(users={n_users}, items={n_items}, seed={seed})",
+        name=f"synthetic-v{GENERATOR_VERSION}(users={n_users}, items={n_items}, seed={seed})",
+        origin=f"synthetic-v{GENERATOR_VERSION}",
     )
-
 
 
 _SYNTHETIC_KEYS = {
     "users": "n_users", "n_users": "n_users", "items": "n_items", "n_items": "n_items", "dim": "dim",
-    "mean_items": "mean_items", "popularity_exponent": "popularity_exponent", "affinity": "affinity",
+    "topics": "topics", "topics_per_user": "topics_per_user", "noise": "noise", "mean_items": "mean_items",
+    "activity_sigma": "activity_sigma", "popularity_exponent": "popularity_exponent", "affinity": "affinity",
     "seed": "seed",
 }
-_INT_KEYS = {"n_users", "n_items", "dim", "seed"}
+_INT_KEYS = {"n_users", "n_items", "dim", "topics", "topics_per_user", "seed"}
 
 
 def parse_synthetic_spec(spec: str, seed: int) -> dict:
+    """``"synthetic:users=500,topics=32"`` -> keyword arguments of `synthetic` (``seed`` unless given)."""
     kwargs: dict = {"seed": seed}
     _, _, rest = spec.partition(":")
     for part in filter(None, (p.strip() for p in rest.split(","))):

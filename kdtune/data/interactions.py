@@ -28,6 +28,8 @@ class Interactions:
         timestamps: optional float64 tensor ``[nnz]`` aligned with ``indices``.
         user_ids / item_ids: the original ids (numpy arrays) of each contiguous id, for exports.
         name: a short description of where the data came from.
+        origin: a tag of the code that produced the data (e.g. ``synthetic-v2``), hashed into the
+            fingerprint and kept by `subset`, so that caches never mix data from different generators.
     """
 
     n_users: int
@@ -38,6 +40,7 @@ class Interactions:
     user_ids: np.ndarray | None = None
     item_ids: np.ndarray | None = None
     name: str = "interactions"
+    origin: str = ""
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ construction
@@ -52,6 +55,7 @@ class Interactions:
         user_ids: np.ndarray | None = None,
         item_ids: np.ndarray | None = None,
         name: str = "interactions",
+        origin: str = "",
     ) -> Interactions:
         """Build from contiguous-id (user, item) pairs; duplicate pairs keep their earliest timestamp."""
         users = np.asarray(users, dtype=np.int64)
@@ -79,6 +83,7 @@ class Interactions:
             user_ids=user_ids,
             item_ids=item_ids,
             name=name,
+            origin=origin,
         )
 
     @classmethod
@@ -105,7 +110,7 @@ class Interactions:
         ts = None if self.timestamps is None else self.timestamps[mask].numpy()
         return Interactions.from_arrays(
             users.numpy(), self.indices[mask].numpy(), self.n_users, self.n_items, ts,
-            self.user_ids, self.item_ids, name or self.name,
+            self.user_ids, self.item_ids, name or self.name, self.origin,
         )
 
     # ------------------------------------------------------------------ views
@@ -135,7 +140,7 @@ class Interactions:
         )
 
     def fingerprint(self) -> str:
-        """A content hash (shape + CSR arrays + timestamps) identifying this data for caches."""
+        """A content hash (shape + CSR arrays + timestamps + origin) identifying this data for caches."""
         if self._fingerprint is None:
             h = hashlib.sha256()
             h.update(f"{self.n_users}:{self.n_items}:{self.nnz}".encode())
@@ -143,6 +148,8 @@ class Interactions:
             h.update(self.indices.numpy().tobytes())
             if self.timestamps is not None:
                 h.update(self.timestamps.numpy().tobytes())
+            if self.origin:  # absent for file data, whose fingerprints stay as they were
+                h.update(f"origin:{self.origin}".encode())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
