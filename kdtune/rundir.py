@@ -27,8 +27,11 @@ SPACE_FILE = "space.yaml"
 def new_run_dir(out: str | None) -> Path:
     """Where a new run goes; refuses a directory that already holds something (nothing is overwritten)."""
     path = Path(out) if out else Path("results") / time.strftime("%Y%m%d-%H%M%S")
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise UsageError(f"{path} is not empty; choose another --out, or --resume {path} to continue it")
+    try:
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise UsageError(f"{path} is not empty; choose another --out, or --resume {path} to continue it")
+    except OSError as exc:
+        raise UsageError(f"--out {path}: {exc}") from None
     return path.resolve()
 
 
@@ -38,7 +41,7 @@ def read_run(run_dir: str | Path) -> dict:
         raise UsageError(f"{run_dir} is not a kdtune run (no {RUN_FILE})")
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         raise UsageError(f"{path} is unreadable: {exc}") from None
 
 

@@ -60,7 +60,10 @@ def teacher_once(split_ref, split: Split, settings: TeacherSettings, cache_dir: 
     t0 = time.perf_counter()
     task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_teacher_task)
     knowledge = ray.get(task.remote(split_ref, settings, cpus))
-    save(knowledge, path)
+    try:
+        save(knowledge, path)
+    except OSError as exc:  # the cache only saves time; the run keeps its own copy of the teacher
+        log.warning("could not cache the teacher in %s: %s", path, exc)
     knowledge.load_seconds = time.perf_counter() - t0
     return knowledge
 

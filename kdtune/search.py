@@ -153,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def new_run(run_dir: Path, args: SearchArgs, argv, data_args: DataArgs, data, split, space) -> dict:
     """Create ``run_dir`` with the run's record (exact configuration, versions, fingerprints) and space."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    space.save(run_dir / SPACE_FILE)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        space.save(run_dir / SPACE_FILE)
+    except OSError as exc:
+        raise UsageError(f"cannot write the run directory {run_dir}: {exc}") from None
     run = {
         "status": "running",
         "command": " ".join(["python -m kdtune.search", *(argv if argv is not None else sys.argv[1:])]),

@@ -260,7 +260,10 @@ def load_space(path_or_name: str | Path) -> SearchSpace:
     copies shipped in the package. An existing file path wins over a packaged name."""
     path = Path(path_or_name)
     if path.is_file():
-        text, source, name = path.read_text(), str(path), path.stem
+        try:
+            text, source, name = path.read_text(), str(path), path.stem
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpaceError(f"search space {path}: cannot be read ({exc})") from None
     else:
         name = str(path_or_name)
         resource = _spaces_root() / f"{name}.yaml"
