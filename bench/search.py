@@ -1,6 +1,7 @@
 """The same search with and without the Pareto-aware scheduler, and with the random sampler as reference.
 
     python bench/search.py [--trials 50] [--data synthetic] [--format F] [--seed 0] [--out bench-runs]
+    python bench/search.py --compare RUN_DIR [RUN_DIR ...]      # only compare finished runs' fronts
 
 Every configuration runs the whole search (``python -m kdtune.search``) in this process, one after the
 other, on the same data, seed and trial count, with one teacher cache (the teacher is trained by the first
@@ -39,6 +40,12 @@ CONFIGS = {
 }
 
 
+def load_run(run_dir: Path) -> dict:
+    run = json.loads((run_dir / "run.json").read_text())
+    return {"name": run_dir.name, "dir": run_dir, "run": run, "trials": pd.read_csv(run_dir / "trials.csv"),
+            "front": pd.read_csv(run_dir / "pareto.csv"), "wall_s": float("nan")}
+
+
 def run_one(name: str, extra: list[str], args: argparse.Namespace, out: Path) -> dict:
     run_dir = out / name.replace(" ", "").replace(",", "-").replace("+", "-")
     argv = ["--trials", str(args.trials), "--seed", str(args.seed), "--data", args.data, "--out", str(run_dir),
@@ -53,6 +60,10 @@ def run_one(name: str, extra: list[str], args: argparse.Namespace, out: Path) ->
     return {"name": name, "dir": run_dir, "run": run, "trials": trials, "front": front, "wall_s": wall}
 
 
+def arch(dim, precision) -> str:
+    return f"dim={int(dim)},precision={precision if isinstance(precision, str) else 'fp32'}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=50)
@@ -62,36 +73,49 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="bench-runs")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--compare", nargs="+", type=Path, help="compare these finished runs, run nothing")
     args = parser.parse_args()
     out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    runs = [run_one(name, CONFIGS[name], args, out) for name in args.configs]
+    if args.compare:
+        runs = [load_run(d) for d in args.compare]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        runs = [run_one(name, CONFIGS[name], args, out) for name in args.configs]
+    compare(runs, args, out)
 
+
+def compare(runs: list[dict], args: argparse.Namespace, out: Path) -> None:
+    """Print (and save) the comparison table of ``runs``; runs recorded before latency was kept per
+    architecture take the others' figures."""
     k = runs[0]["run"]["data"]["k"]
     recall = f"test_recall@{k}"
     # one latency per architecture across all runs (each run timed them itself)
     figures: dict[str, list[float]] = {}
     for r in runs:
-        for key, prof in r["run"]["latency"]["after"]["profiles"].items():
+        for key, prof in r["run"].get("latency", {}).get("after", {}).get("profiles", {}).items():
             figures.setdefault(key, []).append(prof["latency_ms"])
     common = {key: statistics.median(v) for key, v in figures.items()}
-    teacher = runs[0]["run"]["latency"]["teacher"]
+    teacher = next(r["run"]["latency"]["teacher"] for r in runs if "latency" in r["run"])
     ref = {recall: 0.0, "latency_ms": 1.1 * max(v for key, v in common.items() if key != teacher)}
     objectives = {recall: "max", "latency_ms": "min"}
     rows = []
     for r in runs:
         front = r["front"].copy()
-        front["latency_ms"] = [common[f"dim={int(d)},precision={p}"] for d, p in
-                               zip(front["dim"], front["precision"].fillna("fp32"), strict=True)]
+        precisions = front["precision"] if "precision" in front else ["fp32"] * len(front)
+        front["latency_ms"] = [common[arch(d, p)] for d, p in zip(front["dim"], precisions, strict=True)]
+        if "kind" not in front:
+            front["kind"] = "distilled"
         trials = r["trials"]
-        epochs = int(pd.to_numeric(trials.get("epoch"), errors="coerce").fillna(0).sum())
+        epochs_col = "epoch" if "epoch" in trials else "epochs_run"
+        epochs = int(pd.to_numeric(trials.get(epochs_col), errors="coerce").fillna(0).sum())
+        outcome = trials["outcome"] if "outcome" in trials else pd.Series(["finished"] * len(trials))
         rows.append({
             "configuration": r["name"],
-            "trials_s": r["run"]["timings"]["trials_s"],
+            "trials_s": r["run"]["timings"].get("trials_s"),
             "search_wall_s": round(r["wall_s"], 1),
             "epochs_trained": epochs,
-            "stopped_by_scheduler": int((trials["outcome"] == "stopped").sum()),
-            "errors": int((trials["outcome"] == "error").sum()),
+            "stopped_by_scheduler": int((outcome == "stopped").sum()),
+            "errors": int((trials["status"] == "ERROR").sum()),
             "front": f"{len(front)} ({int((front['kind'] == 'plain').sum())} plain)",
             "test_hypervolume": pareto.hypervolume(front, objectives, ref),
         })
@@ -100,9 +124,12 @@ def main() -> None:
     table["epochs_vs_first"] = table["epochs_trained"] / base["epochs_trained"]
     table["trials_s_vs_first"] = table["trials_s"] / base["trials_s"]
     table["hypervolume_vs_first"] = table["test_hypervolume"] / base["test_hypervolume"]
-    print(f"\n{args.trials} trials, data {args.data}, seed {args.seed}; reference point {ref}\n")
+    if args.compare:
+        print(f"\ncompared runs: {', '.join(str(d) for d in args.compare)}; reference point {ref}\n")
+    else:
+        print(f"\n{args.trials} trials, data {args.data}, seed {args.seed}; reference point {ref}\n")
+        (out / "bench-search.json").write_text(table.to_json(orient="records", indent=2))
     print(table.to_markdown(index=False, floatfmt=".4g"))
-    (out / "bench-search.json").write_text(table.to_json(orient="records", indent=2))
 
 
 if __name__ == "__main__":

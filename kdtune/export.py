@@ -182,7 +182,7 @@ def export_run(
     png = pareto.plot_front(
         finished, front, x="latency_ms", y=recall, baselines=baselines, path=run_dir / "pareto.png",
         xerr="latency_spread_ms",
-        title=f"{len(finished)} students + plain baselines, validation {recall} vs latency ({catalog:,} items)")
+        title=f"{len(finished)} finished students, validation {recall} vs latency at {catalog:,} items")
 
     # The run as an Optuna study (optuna-dashboard, optuna.load_study): its best trials are this front.
     scored = front.set_index("trial_id")[[c for c in front if c.startswith("test_")]]

@@ -58,7 +58,7 @@ class SearchArgs:
     teacher_epochs: int = arg(150, "teacher epoch budget (early stopping on validation)")
     scheduler: str = arg("pareto-asha", "stop dominated trials early at epoch rungs (Pareto-aware successive "
                          "halving), or run every trial to its end", choices=["pareto-asha", "none"])
-    grace_epochs: int = arg(3, "pareto-asha: first rung (epochs); later rungs at grace * eta^i")
+    grace_epochs: int = arg(5, "pareto-asha: first rung (epochs); later rungs at grace * eta^i")
     reduction_factor: int = arg(3, "pareto-asha: eta, a trial goes on past a rung if in the top 1/eta there")
     valid_users: int = arg(DEFAULTS.valid_users, "validation users (a fixed seeded sample) behind each epoch's signal; "
                            "0 = all; a finished trial's metrics are always over all of them")

@@ -68,6 +68,12 @@ def test_search_exports_a_consistent_front(finished_run):
     expected = pareto.pareto_front(candidates, objectives)
     assert sorted(front["trial_id"]) == sorted(expected["trial_id"])
     assert set(front["kind"]) <= {"distilled", "plain"}
+    # no front row is beaten by a plain student at the same or lower latency
+    for _, row in front.iterrows():
+        beaten = plain[(plain["latency_ms"] <= row["latency_ms"]) & (plain["recall@20"] > row["recall@20"])]
+        assert beaten.empty, (row["trial_id"], beaten["trial_id"].tolist())
+    gains = front["test_ndcg@20"] / front["plain_test_ndcg@20"] - 1
+    assert np.allclose(front["gain_vs_plain_ndcg@20"], gains)
     merged = front.merge(candidates, on="trial_id", suffixes=("", "_c"))
     assert np.allclose(merged["recall@20"], merged["recall@20_c"], rtol=1e-12)
     assert front["test_recall@20"].between(0, 1).all()
@@ -188,6 +194,12 @@ def test_killed_driver_resumes_without_losing_trials(ray_cluster, cache, tmp_pat
     assert len(table) == trials and table["trial_id"].is_unique
     assert (table["status"] == "TERMINATED").sum() == trials
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    # the scheduler was on (rungs at epochs 1 and 3 of 3): its records survived the kill and the move,
+    # and every trial it stopped stayed stopped (stopped + finished + errors = trials, none re-run)
+    state = json.loads((out / "scheduler-state.json").read_text())
+    recorded = {trial_id for rung in state["rungs"] for trial_id in rung}
+    assert recorded and recorded <= set(table["trial_id"])
+    assert table["outcome"].isin(["finished", "stopped"]).all()
 
 
 @pytest.mark.parametrize(
