@@ -171,9 +171,12 @@ def execute(
     if resumed and tune.Tuner.can_restore(exp_path):
         print(f"Resuming the search in {exp_path}", flush=True)
         prepare_resume(exp_path, run_dir)
+        from ray.tune import ExperimentAnalysis
+
         from kdtune.schedulers import ParetoASHA
 
-        ParetoASHA.relocate(run_dir)  # the run may have moved since its scheduler was pickled
+        # the run may have moved since its scheduler was pickled; trials Tune never saved are forgotten
+        ParetoASHA.relocate(run_dir, {t.trial_id for t in ExperimentAnalysis(exp_path).trials})
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=False)
     else:
         concurrency = args.concurrency or default_concurrency(res)

@@ -143,11 +143,17 @@ class ParetoASHA(FIFOScheduler):
     # Set by the driver (``relocate``) before a restore: the run directory may have moved since the
     # scheduler was pickled, so its state file is looked up there, by name.
     state_dir: str | None = None
+    # Also set before a restore: the trials the restored experiment knows. A trial that reached a rung
+    # after Tune last saved its state is unknown to the restored search (it is run afresh under another
+    # id), so its records are dropped rather than left to sway later decisions.
+    known_trials: frozenset[str] | None = None
 
     @classmethod
-    def relocate(cls, directory: str | os.PathLike[str] | None) -> None:
-        """Have restored schedulers keep their state file in ``directory`` (the run's current place)."""
+    def relocate(cls, directory: str | os.PathLike[str] | None, known_trials=None) -> None:
+        """Have restored schedulers keep their state file in ``directory`` (the run's current place) and
+        forget the records of trials outside ``known_trials`` (when given)."""
         cls.state_dir = os.fspath(directory) if directory is not None else None
+        cls.known_trials = frozenset(known_trials) if known_trials is not None else None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Tune pickles the scheduler when the Tuner is created; a restored driver unpickles that old
@@ -157,6 +163,14 @@ class ParetoASHA(FIFOScheduler):
             self._state_path = os.path.join(type(self).state_dir, os.path.basename(self._state_path))
         self._reset_live_tracking()
         self._load()
+        known = type(self).known_trials
+        if known is not None:
+            dropped = [tid for rung in self._rungs for tid in rung if tid not in known]
+            if dropped:
+                self._rungs = [{t: r for t, r in rung.items() if t in known} for rung in self._rungs]
+                logger.info("ParetoASHA: forgot %d record(s) of trials the restored search does not know",
+                            len(dropped))
+                self._persist()
 
     def _config(self) -> dict[str, Any]:
         return {"objectives": self._objectives, "time_attr": self._time_attr, "milestones": self._milestones}

@@ -267,6 +267,29 @@ def test_unpickled_scheduler_reloads_the_records_written_since(tmp_path) -> None
     assert restored.decide("b", _res(1, 0.1, 5.0)) == STOP  # the stopped trial re-run: same decision
 
 
+def test_a_restore_relocates_the_state_and_forgets_trials_the_search_lost(tmp_path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    s = ParetoASHA(OBJ, grace_period=1, reduction_factor=3, max_t=9, state_path=old / "asha.json")
+    frozen = pickle.dumps(s)
+    s.decide("a", _res(1, 0.3, 1.0))
+    s.decide("ghost", _res(1, 0.5, 0.5))  # reached a rung after Tune's last save: the restore lost it
+    old.rename(new)  # the run directory moved
+    try:
+        ParetoASHA.relocate(new, known_trials={"a"})
+        restored = pickle.loads(frozen)
+    finally:
+        ParetoASHA.relocate(None)
+    assert restored._state_path == str(new / "asha.json")
+    assert restored.stats()["rungs"][0]["recorded"] == 1
+    assert set(json.loads((new / "asha.json").read_text())["rungs"][0]) == {"a"}
+    # without the ghost, "b" is judged as by a scheduler that only ever saw "a"
+    fresh = ParetoASHA(OBJ, grace_period=1, reduction_factor=3, max_t=9)
+    fresh.decide("a", _res(1, 0.3, 1.0))
+    assert restored.decide("b", _res(1, 0.2, 0.9)) == fresh.decide("b", _res(1, 0.2, 0.9))
+    assert restored.stats() == fresh.stats()
+
+
 def test_rerecording_replaces_and_keeps_the_decision(tmp_path) -> None:
     path = tmp_path / "asha.json"
     s = ParetoASHA(OBJ, grace_period=1, reduction_factor=3, max_t=9, state_path=path)
