@@ -75,7 +75,9 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
     Each epoch's report carries the per-epoch validation signal (a fixed sample of validation users) and the
     architecture's latency, so the dashboard shows learning curves and a scheduler can stop the trial at a
     rung. The last report (``final: True``) carries the best epoch's metrics over all validation users and
-    the student's checkpoint; a trial stopped by the scheduler never sends it.
+    the student's checkpoint; a trial stopped by the scheduler never sends it. A student searched at a
+    lower serving precision trains in float32 (its per-epoch signal is the float model's) and its final
+    metrics, weights and size are those of the quantised model.
     """
     done = tune.get_checkpoint()
     if done is not None:
