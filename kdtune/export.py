@@ -134,7 +134,8 @@ def export_run(
         for trial_id, (arch, state) in weights.items():
             save_student(MF.from_state(arch, state), _fresh_dir(students_dir / trial_id))
         baselines = pd.concat([pd.DataFrame([teacher_row(knowledge, split, k)]), plain], ignore_index=True)
-        baselines.drop(columns=[c for c in baselines if "latency" in c]).to_csv(base_path, index=False)
+        baselines.to_csv(base_path, index=False)
+    # (baselines.csv of older runs held latency columns: the run's figures replace them)
     baselines = with_run_latency(baselines.drop(columns=[c for c in baselines if "latency" in c]), profiles)
     plain = baselines[baselines["kind"].eq(PLAIN)]
 

@@ -84,16 +84,15 @@ def _exclusion_bitmap(topn: torch.Tensor, positives: PositiveSet | None, n_items
     cached while the same top-N table and positive set are passed. ``None`` when it would be too large."""
     global _exclusion
     n_users = topn.shape[0]
-    if n_users * n_items > MAX_BITMAP_CELLS:
+    # too large, or positives too many for a bitmap of their own: the caller uses the sorted search
+    if n_users * n_items > MAX_BITMAP_CELLS or (positives is not None and positives.bitmap is None):
         return None
     c = _exclusion
     if c is None or c[0]() is not topn or c[1] != topn._version or c[2] != id(positives):
-        if positives is not None and positives.bitmap is not None:
+        if positives is not None:
             bits = positives.bitmap.clone()
         else:
             bits = torch.zeros(n_users * n_items, dtype=torch.bool, device=topn.device)
-        if positives is not None and positives.bitmap is None:
-            return None  # positives too many for a bitmap of their own: use the sorted search
         bits = bits.view(n_users, n_items)
         bits.scatter_(1, topn, True)
         c = (weakref.ref(topn), topn._version, id(positives), bits.T.contiguous())

@@ -94,13 +94,14 @@ def run_teacher(run_dir: Path, run: dict, cache_dir: str | None) -> TeacherKnowl
     if not record:
         return None
     expected = record.get("content_hash")
-    candidates = [run_dir / record.get("file", TEACHER_FILE)]
+    # the run's own copy must be readable; an unreadable cache entry is only skipped (load_cached)
+    candidates = [(run_dir / record.get("file", TEACHER_FILE), _load)]
     if cache_dir is not None and record.get("key"):
-        candidates.append(cache_file(record["key"], cache_dir))
-    for path in candidates:
+        candidates.append((cache_file(record["key"], cache_dir), load_cached))
+    for path, read in candidates:
         if not path.exists():
             continue
-        knowledge = load_cached(path) if path.parent != run_dir else _load(path)
+        knowledge = read(path)
         if knowledge is None:
             continue
         if expected is None or knowledge.content_hash() == expected:
