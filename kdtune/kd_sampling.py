@@ -65,8 +65,10 @@ def shared_uninteresting(
     bits = _exclusion_bitmap(topn, positives, n_items)
     if bits is not None:
         # item-major: the pool's rows are n contiguous runs of n_users flags (no random access into a
-        # table of n_users * n_items cells, which cost ~4 ms a batch in cache misses on CiteULike-a)
-        return pool, ~bits.index_select(0, pool).index_select(1, users).T
+        # table of n_users * n_items cells, which cost ~4 ms a batch in cache misses on CiteULike-a);
+        # the users are then rows of its transpose (index_select along dim 1 of a bool tensor takes a
+        # slow generic path: ~0.7 ms against ~0.15 ms a batch)
+        return pool, ~bits.index_select(0, pool).T[users]
     rows = sorted_topn_of(topn)[users]  # [U, N], sorted by item id
     cells = pool.unsqueeze(0).expand(len(users), n).contiguous()
     at = torch.searchsorted(rows, cells).clamp_(max=rows.shape[1] - 1)

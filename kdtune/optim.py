@@ -180,10 +180,13 @@ class TableAdamW:
             tab.grad_buffer = torch.zeros_like(tab.param)
         else:
             tab.grad_buffer.zero_()
-        if tab.pending:
-            idx, grad = tab.rows_and_grad()
-            tab.grad_buffer.index_add_(0, idx, grad)
-            tab.pending.clear()
+        dim = tab.param.shape[1]
+        # each read's rows added in place (no concatenated copy); a one-wide table (a bias) as a vector,
+        # whose index_add is a plain loop rather than a scatter over expanded indices (~2x faster)
+        buf = tab.grad_buffer.view(-1) if dim == 1 else tab.grad_buffer
+        for idx, grad in tab.pending:
+            buf.index_add_(0, idx, grad.reshape(-1) if dim == 1 else grad.reshape(-1, dim))
+        tab.pending.clear()
         return tab.grad_buffer
 
     def _update_rows(self, tab: _RowTable, new_scale: float) -> None:

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from kdtune import kd_scores
 from kdtune.data import Interactions
 from kdtune.experts import _ExpertSet
 from kdtune.losses import (
@@ -161,6 +160,32 @@ def test_rrd_term_hand():
     close(rrd_term(torch.tensor(s_int), torch.tensor(s_un)), expected)
     # stable for large logits (naive exp would overflow)
     assert torch.isfinite(rrd_term(torch.tensor([[500.0, 400.0]]), torch.tensor([[450.0]])))
+
+
+def test_rrd_term_gradient_is_the_formulas():
+    """The closed-form gradient equals autograd's through the definition (a cumulative log-sum-exp),
+    with masked cells, a row without any valid cell, and logits hundreds apart."""
+    torch.manual_seed(3)
+    s_int = torch.randn(5, 4, dtype=torch.float64) * 3
+    s_un = torch.randn(5, 6, dtype=torch.float64) * 3
+    s_int[4] = torch.tensor([500.0, -300.0, 20.0, -900.0], dtype=torch.float64)
+    valid = torch.rand(5, 6) > 0.3
+    valid[1] = False
+    for v in (None, valid):
+        a, b = s_int.clone().requires_grad_(), s_un.clone().requires_grad_()
+        masked = b if v is None else b.masked_fill(~v, float("-inf"))
+        tail = torch.logcumsumexp(a.flip(1), dim=1).flip(1)
+        below = torch.logsumexp(masked, dim=1, keepdim=True)
+        ref = -(a - torch.logaddexp(tail, below)).sum(1).mean()
+        want = torch.autograd.grad(2.5 * ref, [a, b])
+        a2, b2 = s_int.clone().requires_grad_(), s_un.clone().requires_grad_()
+        got = rrd_term(a2, b2, v)
+        close(got, ref.item())
+        for g, w in zip(torch.autograd.grad(2.5 * got, [a2, b2]), want, strict=True):
+            assert torch.allclose(g, torch.nan_to_num(w), atol=1e-12)
+    torch.autograd.gradcheck(
+        lambda a, b: rrd_term(a, b, valid[:4]), (s_int[:4].requires_grad_(), s_un[:4].requires_grad_())
+    )
 
 
 def test_de_term_hand():
@@ -404,41 +429,6 @@ def test_shared_uninteresting_pool_is_valid_only_outside_top_n_and_positives(mon
     assert counts.min() > 250 and counts.max() < 420
 
 
-
-
-def test_user_item_scores_match_forward_values_and_gradients():
-    torch.manual_seed(0)
-    m = MF(7, 30, 5, seed=0)
-    with torch.no_grad():
-        m.item_bias.weight.normal_()
-        m.user_bias.weight.normal_()
-    users = torch.tensor([4, 0, 6])
-    items = torch.tensor([[1, 1, 29, 3], [0, 5, 5, 5], [29, 2, 8, 1]])  # repeated items in and across rows
-    w = torch.randn(3, 4)
-    (m(users, items) * w).sum().backward()
-    expected = [p.grad.clone() for p in m.parameters()]
-    m.zero_grad()
-    got = kd_scores.user_item_scores(m, users, items)
-    assert torch.allclose(got, m(users, items), atol=1e-6)
-    (got * w).sum().backward()
-    for e, p in zip(expected, m.parameters(), strict=True):
-        assert torch.allclose(p.grad, e, atol=1e-5)
-
-
-def test_user_item_scores_through_table_optimizer():
-    """Read through gather_rows: a TableAdamW step from user_item_scores equals one from forward."""
-    users, items = torch.tensor([1, 2]), torch.tensor([[0, 3, 3], [4, 0, 1]])
-    states = []
-    for fn in (lambda m: m(users, items), lambda m: kd_scores.user_item_scores(m, users, items)):
-        m = MF(3, 5, 4, seed=1)
-        opt = TableAdamW(m.row_tables(), lr=0.1, lazy=False)
-        opt.zero_grad()
-        fn(m).pow(2).sum().backward()
-        opt.step()
-        opt.close()
-        states.append(m.state_dict())
-    for k in states[0]:
-        assert torch.allclose(states[0][k], states[1][k], atol=1e-6), k
 
 
 def test_chosen_expert_matches_every_expert_under_autograd():
