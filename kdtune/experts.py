@@ -3,6 +3,8 @@ space to the teacher's, one chosen per row by a selection network reading the te
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,35 +12,99 @@ from torch import nn
 
 def gumbel_select(logits: torch.Tensor, tau: float, generator: torch.Generator) -> torch.Tensor:
     """Straight-through Gumbel-softmax: one-hot rows forward, ``softmax((log p + g) / tau)`` gradient."""
+    return _gumbel_select(logits, tau, generator)[0]
+
+
+def _gumbel_select(
+    logits: torch.Tensor, tau: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gumbel_select` and the column each row selects."""
     u = torch.rand(logits.shape, generator=generator, device=generator.device).to(logits.device)
     soft = torch.softmax((torch.log_softmax(logits, dim=-1) - torch.log(-torch.log(u))) / tau, dim=-1)
-    hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
-    return hard - soft.detach() + soft
+    choice = soft.argmax(-1)
+    hard = F.one_hot(choice, soft.shape[-1]).to(soft.dtype)
+    return hard - soft.detach() + soft, choice
 
 
-class _SelectorSignal(torch.autograd.Function):
-    """Adds 0 to the experts' output; its backward gives the selection ``sel`` ``[M, E]`` the gradient
-    ``<g_m, expert_e(s_m)>`` that ``sum_e sel_e * expert_e(s)`` would give it.
+def _blocks(counts: list[int]) -> Iterator[tuple[int, slice]]:
+    """``(e, rows)`` for each expert with rows: ``rows`` is its slice of the rows sorted by expert."""
+    a = 0
+    for e, n in enumerate(counts):
+        if n:
+            yield e, slice(a, a + n)
+            a += n
 
-    Computed in backward from two GEMMs over all experts at once (``s @ W1`` and ``g @ W2^T``, each
-    ``[M, E * h]``) and one elementwise product, without autograd through the experts and without an
-    ``[M, E, dt]`` tensor of every expert's output.
+
+class _ExpertsTerm(torch.autograd.Function):
+    """``mean_m ||t_m - sum_e sel_me * expert_e(s_m)||^2`` for a one-hot (straight-through) ``sel``
+    ``[M, E]`` whose rows are sorted by their expert: expert ``e`` owns the next ``counts[e]`` rows
+    (``sel``'s value is implied by ``counts``; it is an input for its gradient). Returns the scalar
+    term; gradients reach ``s``, ``sel``, ``t`` and the experts' weights.
+
+    Forward: every expert's hidden layer ``H = relu(s @ W1 + b1)`` ``[M, E * h]`` in one GEMM (the
+    selection's gradient needs them all), then each block of rows through its expert's second layer.
+    Backward, with ``g = 2 (out - t) / M``, block by block: ``g @ W2^T`` ``[rows, E * h]`` (every
+    expert's ``W2_e g``) gives the selection its gradient ``<g, expert_e(s)> = <W2_e g, H_e> + <g, b2_e>``
+    for every expert and, in the block's own expert's columns, that expert's hidden-layer gradient;
+    the weights and ``s`` get theirs from the selected expert only, as ``sel_e`` is 0 for the others.
+    These are the value and gradients of running every expert under autograd, without an autograd
+    graph through the experts and without any expert's output for the rows that did not select it.
     """
 
     @staticmethod
-    def forward(ctx, sel, s, w1, b1, w2, b2):
-        ctx.save_for_backward(s, w1, b1, w2, b2)
-        return s.new_zeros(s.shape[0], w2.shape[2])
+    def forward(ctx, s, sel, t, w1, b1, w2, b2, counts):
+        n_e, ds, h = w1.shape
+        hidden = torch.addmm(b1.reshape(-1), s, w1.transpose(0, 1).reshape(ds, n_e * h)).relu_()
+        out = torch.empty_like(t)
+        for e, rows in _blocks(counts):
+            torch.addmm(b2[e], hidden[rows, e * h : (e + 1) * h], w2[e], out=out[rows])
+        diff = out.sub_(t)
+        loss = diff.square().sum() / t.shape[0]
+        ctx.save_for_backward(s, hidden, diff.mul_(2.0 / t.shape[0]), w1, w2, b2)  # g = d loss / d out
+        ctx.counts = counts
+        return loss
 
     @staticmethod
     def backward(ctx, grad):
-        s, w1, b1, w2, b2 = ctx.saved_tensors
-        n_e, ds, h = w1.shape
-        hidden = torch.relu(torch.addmm(b1.reshape(-1), s, w1.transpose(0, 1).reshape(ds, n_e * h)))
-        # <g, W2_e^T h_e + b2_e> = <W2_e g, h_e> + <g, b2_e>, for every expert e at once
-        back = grad @ w2.permute(2, 0, 1).reshape(w2.shape[2], n_e * h)  # [M, E * h]
-        signal = (hidden.mul_(back)).view(-1, n_e, h).sum(-1) + grad @ b2.t()
-        return signal, None, None, None, None, None
+        s, hidden, g, w1, w2, b2 = ctx.saved_tensors
+        need_s, need_sel, need_t, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:7]
+        need_dh = need_s or need_w1 or need_b1
+        n_e, _, h = w1.shape
+        m, dt = g.shape
+        w2 = w2 * grad  # the incoming scale rides on W2 (small) rather than on g
+        ds = torch.empty_like(s) if need_s else None
+        dw1 = torch.zeros_like(w1) if need_w1 else None
+        db1 = w1.new_zeros(n_e, h) if need_b1 else None
+        dw2 = torch.zeros_like(w2) if need_w2 else None
+        db2 = torch.zeros_like(b2) if need_b2 else None
+        dsel = g.new_empty(m, n_e) if need_sel else None
+        back = g.new_empty(max(ctx.counts), n_e * h) if need_sel else None  # reused block to block
+        for e, rows in _blocks(ctx.counts):
+            n, cols = rows.stop - rows.start, slice(e * h, (e + 1) * h)
+            h_e, g_e = hidden[rows, cols], g[rows]
+            if need_w2:
+                torch.mm(h_e.t(), g_e, out=dw2[e])
+            if need_b2:
+                torch.sum(g_e, 0, out=db2[e])
+            if need_sel:
+                bk = torch.mm(g_e, w2.view(n_e * h, dt).t(), out=back[:n])  # every expert's W2_e g
+                dh = torch.ops.aten.threshold_backward(bk[:, cols], h_e, 0) if need_dh else None
+                torch.sum(bk.mul_(hidden[rows]).view(n, n_e, h), -1, out=dsel[rows])
+            elif need_dh:
+                dh = torch.ops.aten.threshold_backward(torch.mm(g_e, w2[e].t()), h_e, 0)
+            if need_w1:
+                torch.mm(s[rows].t(), dh, out=dw1[e])
+            if need_b1:
+                torch.sum(dh, 0, out=db1[e])
+            if need_s:
+                torch.mm(dh, w1[e].t(), out=ds[rows])
+        if need_sel:
+            dsel.addmm_(g, (b2 * grad).t())
+        if need_w2:
+            dw2.mul_(grad)
+        if need_b2:
+            db2.mul_(grad)
+        return ds, dsel, -grad * g if need_t else None, dw1, db1, dw2, db2, None
 
 
 class _ExpertSet(nn.Module):
@@ -58,37 +124,30 @@ class _ExpertSet(nn.Module):
             nn.init.uniform_(b, -bound, bound)
         self.selector = nn.Linear(teacher_dim, n_experts)
 
-    def chosen_expert(self, s: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
-        """Row ``m`` mapped by expert ``choice[m]`` only: rows grouped by expert, one small MLP per group."""
+    def forward(
+        self,
+        ids: torch.Tensor,
+        student_rows: Callable[[torch.Tensor], torch.Tensor],
+        t: torch.Tensor,
+        tau: float,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """DE's term ``mean_m ||t_m - expert_m(s_m)||^2`` over the rows ``ids`` ``[M]``: ``t`` ``[M, dt]``
+        are their teacher embeddings, ``student_rows(ids)`` reads their student embeddings.
+
+        The expert of row ``m`` is chosen from ``t_m`` by a straight-through one-hot ``sel``
+        (:func:`gumbel_select`, drawn in the order of ``ids``); value and gradients are those of
+        ``sum_e sel_e * expert_e(s)`` under autograd. The term is a mean over rows, so the rows are
+        reordered by expert and each expert maps one contiguous block (:class:`_ExpertsTerm`); the
+        student's rows are read in that order (through the model, e.g. ``MF.user_vectors``, so that a
+        training optimiser sees the reads).
+        """
+        sel, choice = _gumbel_select(self.selector(t), tau, generator)  # [M, E], [M]
         order = torch.argsort(choice, stable=True)
         counts = torch.bincount(choice, minlength=self.w1.shape[0]).tolist()
-        parts = []
-        for e, x in enumerate(s.index_select(0, order).split(counts)):
-            if x.shape[0]:
-                hidden = torch.relu(torch.addmm(self.b1[e], x, self.w1[e]))
-                parts.append(torch.addmm(self.b2[e], hidden, self.w2[e]))
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        return torch.cat(parts).index_select(0, inverse)
-
-    def forward(
-        self, s: torch.Tensor, t: torch.Tensor, tau: float, generator: torch.Generator
-    ) -> torch.Tensor:
-        """The selected expert's map of student embeddings ``s`` ``[M, ds]``; selection reads ``t``.
-
-        The value is ``sum_e sel_e * expert_e(s)`` with a straight-through one-hot ``sel``
-        (:func:`gumbel_select`). Its gradient reaches the experts' weights and ``s`` through the selected
-        expert only (``sel_e`` is 0 for the others), so only that expert runs forward and backward; the
-        selector's gradient ``d/d sel_e = <g, expert_e(s)>`` needs every expert's output but not its
-        backward (:class:`_SelectorSignal`). Same value and gradients as running all experts under
-        autograd, at about ``(E + 3) / 3E`` of the arithmetic.
-        """
-        sel = gumbel_select(self.selector(t), tau, generator)  # [M, E]
-        out = self.chosen_expert(s, sel.detach().argmax(-1))
-        if sel.requires_grad:
-            out = out + _SelectorSignal.apply(sel, s.detach(), self.w1.detach(), self.b1.detach(),
-                                              self.w2.detach(), self.b2.detach())
-        return out
+        s = student_rows(ids.index_select(0, order))
+        sel, t = sel.index_select(0, order), t.index_select(0, order)
+        return _ExpertsTerm.apply(s, sel, t, self.w1, self.b1, self.w2, self.b2, counts)
 
 
 class DistillationExperts(nn.Module):

@@ -256,7 +256,8 @@ def rrd_term(
 
 
 def de_term(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Distillation Experts: ``mean over rows of ||target - pred||^2``."""
+    """Distillation Experts: ``mean over rows of ||target - pred||^2`` (``de`` computes it fused with
+    the experts, see :class:`kdtune.experts._ExpertSet`)."""
     return (target - pred).pow(2).sum(-1).mean()
 
 
@@ -442,8 +443,8 @@ def de_loss(
     users, items = _distinct_users(ctx), torch.unique(torch.cat([ctx.pos, ctx.neg]))
     with torch.no_grad():
         t_user, t_item = ctx.teacher.user_vectors(users), ctx.teacher.item_vectors(items)
-    s_user, s_item = ctx.student.user_vectors(users), ctx.student.item_vectors(items)
-    soft = de_term(ex.user(s_user, t_user, de_tau, ctx.generator), t_user) + de_term(
-        ex.item(s_item, t_item, de_tau, ctx.generator), t_item
+    # each side is de_term(expert(s), t), fused; the student's rows are read in the experts' order
+    soft = ex.user(users, ctx.student.user_vectors, t_user, de_tau, ctx.generator) + ex.item(
+        items, ctx.student.item_vectors, t_item, de_tau, ctx.generator
     )
     return bpr_term(_bpr_margin(ctx)) + alpha * soft

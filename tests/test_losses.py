@@ -431,26 +431,44 @@ def test_shared_uninteresting_pool_is_valid_only_outside_top_n_and_positives(mon
 
 
 
-def test_chosen_expert_matches_every_expert_under_autograd():
-    """Running only the selected expert forward and backward gives the straight-through mixture's
-    value and gradients (experts, student rows and selector) of running all experts under autograd."""
+@pytest.mark.parametrize("case", ["unsorted", "empty_expert", "frozen_selector"])
+def test_fused_expert_term_matches_every_expert_under_autograd(case):
+    """The fused DE term (rows reordered by expert, the selected expert's second layer and backward
+    only) has the value and gradients (student rows, experts, selector) of the straight-through mixture
+    of every expert under autograd: ``mean_m ||t_m - sum_e sel_me expert_e(s_m)||^2``."""
     torch.manual_seed(0)
     ex = _ExpertSet(3, 4, n_experts=3)
-    s = torch.randn(9, 3, requires_grad=True)
-    t = torch.randn(9, 4)
-    got = ex(s, t, 0.7, torch.Generator().manual_seed(5))
-    (got * torch.arange(4.0)).sum().backward()
-    got_grads = [x.grad.clone() for x in (s, *ex.parameters())]
-    for x in (s, *ex.parameters()):
+    if case == "empty_expert":
+        with torch.no_grad():
+            ex.selector.bias[1] = -40.0  # expert 1 is never drawn
+    if case == "frozen_selector":
+        ex.selector.requires_grad_(False)  # no gradient for the selection: its signal is skipped
+    table = torch.randn(60, 3, requires_grad=True)  # the student's rows, read through a callable
+    ids = torch.randperm(60)[:40]
+    t = torch.randn(40, 4, requires_grad=case == "unsorted")  # t's gradient: the selector's and -g
+    got = ex(ids, lambda i: table.index_select(0, i), t, 0.7, torch.Generator().manual_seed(5))
+    (1.7 * got).backward()
+    params = [x for x in (table, t, *ex.parameters()) if x.requires_grad]
+    got_grads = [x.grad.clone() for x in params]
+    for x in params:
         x.grad = None
     sel = gumbel_select(ex.selector(t), 0.7, torch.Generator().manual_seed(5))
+    counts = torch.bincount(sel.argmax(-1), minlength=3)
+    assert (counts[1] == 0) == (case == "empty_expert") and counts.sum() == 40
+    assert not bool((sel.argmax(-1).diff() >= 0).all())  # the rows come unsorted
+    s = table.index_select(0, ids)
     hidden = torch.relu(torch.einsum("md,edh->meh", s, ex.w1) + ex.b1)
     every = torch.einsum("meh,eht->met", hidden, ex.w2) + ex.b2
-    ref = (sel.unsqueeze(-1) * every).sum(1)
+    ref = de_term((sel.unsqueeze(-1) * every).sum(1), t)
     assert torch.allclose(got, ref, atol=1e-5)
-    (ref * torch.arange(4.0)).sum().backward()
-    for g, x in zip(got_grads, (s, *ex.parameters()), strict=True):
+    (1.7 * ref).backward()
+    for g, x in zip(got_grads, params, strict=True):
         assert torch.allclose(g, x.grad, atol=1e-5)
+    if case != "frozen_selector":
+        assert ex.selector.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        again = ex(ids, lambda i: table.index_select(0, i), t, 0.7, torch.Generator().manual_seed(5))
+    assert torch.allclose(again, ref, atol=1e-5)
 
 
 def test_make_step_hands_positives_and_epochs_to_the_loss():
