@@ -93,6 +93,44 @@ def time_kdtune(train, dim, batch_size, batches, loss="bpr", teacher=None, topn=
     return n / (time.perf_counter() - t0)
 
 
+def de_gemm_floor(train: Interactions, dim: int, teacher_dim: int, batch_size: int, n_experts: int = 5,
+                  repeats: int = 7) -> float:
+    """Seconds per batch of the matrix products DE's definition requires, and nothing else.
+
+    For a real batch's distinct users and distinct items (the rows DE maps), with the DE-RRD reference
+    code's expert width ``h = (dim + teacher_dim) / 2``: every expert's hidden layer ``s @ W1``
+    (``[M, dim] x [dim, E h]``: the selection's gradient ``<g, expert_e(s)>`` needs each expert's
+    output for each row), that gradient's ``g @ W2^T`` (``[M, dt] x [dt, E h]``), and the selected
+    expert's second layer forward and its weight and input gradients. Elementwise work, the selection
+    network, BPR and the optimiser are left out, so a DE step costs at least BPR's step plus this.
+    """
+    gen = torch.Generator().manual_seed(0)
+    users, pos, neg = next(iter(BPRSampler(train, batch_size=batch_size, generator=gen).epoch()))
+    h, e = (dim + teacher_dim) // 2, n_experts
+    sides = []
+    for m in (users.unique().numel(), torch.cat([pos, neg]).unique().numel()):
+        sides.append((torch.randn(m, dim), torch.randn(m, teacher_dim), torch.randn(dim, e * h),
+                      torch.randn(teacher_dim, e * h), torch.randn(m, h), torch.randn(h, teacher_dim),
+                      torch.randn(h, dim)))
+
+    def products() -> None:
+        for s, g, w1, w2t, hid, w2, w1t in sides:
+            s @ w1  # every expert's hidden layer
+            g @ w2t  # every expert's W2_e g, for the selection's gradient (and the hidden layer's)
+            hid @ w2  # the selected expert's output
+            hid.T @ g  # its W2 gradient
+            s.T @ hid  # its W1 gradient
+            hid @ w1t  # the student rows' gradient
+
+    products()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        products()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA) if DEFAULT_DATA.exists() else "synthetic")
@@ -116,6 +154,7 @@ def main() -> None:
 
     print(f"\n{'dim':>4} {'loss':>9} {'optimizer':>9} {'kdtune triplets/s':>18} {'vs bpr':>7} "
           f"{'baseline triplets/s':>20} {'ratio':>7}")
+    de_floors: dict[int, tuple[float, float]] = {}
     for dim in args.dims:
         for optimizer in args.optimizers:
             # per repeat: kdtune's BPR step first, then every loss, so each ratio compares neighbours
@@ -137,11 +176,23 @@ def main() -> None:
                     vs_bpr[loss].append(o / bpr)
                     if b is not None:
                         vs_base[loss].append(o / b)
+            if "de" in args.losses and "bpr" in args.losses:
+                floor = de_gemm_floor(parts.train, dim, teacher.dim, args.batch_size)
+                bpr_step = args.batch_size / statistics.median(ours["bpr"])
+                de_floors[dim] = (floor, bpr_step)
             for loss in args.losses:
                 base_cols = (f"{statistics.median(base):>20,.0f} {statistics.median(vs_base[loss]):>6.1f}x"
                              if base else f"{'-':>20} {'-':>7}")
                 print(f"{dim:>4} {loss:>9} {optimizer:>9} {statistics.median(ours[loss]):>18,.0f} "
                       f"{statistics.median(vs_bpr[loss]):>7.3f} {base_cols}", flush=True)
+
+
+    if de_floors:
+        print("\nde's floor: the matrix products its definition needs for one batch (every expert's hidden layer and")
+        print("<g, expert_e(s)> for each distinct user and item, the selected expert's forward and backward) vs BPR's step")
+        print(f"{'dim':>4} {'products ms':>12} {'bpr step ms':>12} {'best possible de vs bpr':>24}")
+        for dim, (floor, bpr_step) in de_floors.items():
+            print(f"{dim:>4} {floor * 1e3:>12.2f} {bpr_step * 1e3:>12.2f} {bpr_step / (bpr_step + floor):>24.3f}")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ from kdtune.kd_sampling import (
     shared_uninteresting,
     sorted_topn_of,
 )
-from kdtune.models import MF
+from kdtune.models import MF, row_dot
 from kdtune.optim import gather_rows
 from kdtune.sampling import PositiveSet
 
@@ -112,7 +112,7 @@ def _epoch_draw(
         every = torch.arange(ctx.topn.shape[0], device=ctx.topn.device)
         cached = ((ctx.epoch, key), draw(every))
         ctx.draws["epoch_draw"] = cached
-    return users, tuple(x[users] for x in cached[1])
+    return users, tuple(x.index_select(0, users) for x in cached[1])
 
 
 @dataclass(frozen=True)
@@ -404,9 +404,12 @@ def rrd_loss(
     users, (interesting,) = _epoch_draw(ctx, ("rrd", k, float(rrd_lambda)), draw)
     pool, valid = shared_uninteresting(users, ctx.topn, ctx.student.n_items, n_l, ctx.generator, ctx.positives)
     student = ctx.student
-    s_interesting = student(users, interesting)
-    s_pool = student.user_vectors(users) @ student.item_vectors(pool).T  # one dense product
-    s_pool = s_pool + gather_rows(student.user_bias.weight, users) + gather_rows(student.item_bias.weight, pool).T
+    # Scores without the user bias: the term is invariant to adding one constant to all of a user's
+    # scores (every log-denominator moves with them), so that bias gets exactly zero gradient from it.
+    p = student.user_vectors(users)  # read once for both products
+    s_interesting = row_dot(p, student.item_vectors(interesting))
+    s_interesting = s_interesting + gather_rows(student.item_bias.weight, interesting).squeeze(-1)
+    s_pool = torch.addmm(gather_rows(student.item_bias.weight, pool).T, p, student.item_vectors(pool).T)
     soft = rrd_term(s_interesting, s_pool, valid)
     return (1 - alpha) * bpr_term(_bpr_margin(ctx)) + alpha * soft
 

@@ -15,12 +15,17 @@ class _RowDot(torch.autograd.Function):
     (stride-0) tensors in backward and then reduces one of them, and a batched matmul's autograd runs
     two more small-matrix bmm's; this backward does one broadcast product for ``q``'s gradient and, for a
     few items per user, a running ``addcmul`` for ``p``'s: ~1.6x faster fwd+bwd at n = 2 and ~2.4x at
-    n = 62 (rrd) on one CPU thread, dim 64.
+    n = 62 on one CPU thread, dim 64. Between a batched matmul and a broadcast sum it takes whichever
+    was faster at that width (torch 2.13's CPU ``bmm`` changes kernels with ``d``: for ``[2400, 10, d]``
+    its forward is 2-3x slower than the sum from d = 32 on, its ``[B, 1, n] x [B, n, d]`` 2-4x slower
+    below d = 48 and faster above).
     """
 
     @staticmethod
     def forward(ctx, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(p, q)
+        if p.shape[1] >= 32:
+            return (q * p.unsqueeze(1)).sum(-1)
         return torch.bmm(q, p.unsqueeze(2)).squeeze(2)
 
     @staticmethod
@@ -32,11 +37,18 @@ class _RowDot(torch.autograd.Function):
                 grad_p = q[:, 0] * grad[:, 0:1]
                 for j in range(1, q.shape[1]):
                     grad_p.addcmul_(q[:, j], grad[:, j : j + 1])
-            else:
+            elif q.shape[2] >= 48:
                 grad_p = torch.bmm(grad.unsqueeze(1), q).squeeze(1)
+            else:
+                grad_p = (q * grad.unsqueeze(2)).sum(1)
         if ctx.needs_input_grad[1]:
             grad_q = grad.unsqueeze(2) * p.unsqueeze(1)
         return grad_p, grad_q
+
+
+def row_dot(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``out[b, j] = <p[b], q[b, j]>`` for ``p`` ``[B, d]`` and ``q`` ``[B, n, d]`` (see :class:`_RowDot`)."""
+    return _RowDot.apply(p, q)
 
 
 class MF(nn.Module):

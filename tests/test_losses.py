@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kdtune.data import Interactions
 from kdtune.experts import _ExpertSet
@@ -228,6 +229,18 @@ def test_gumbel_select_one_hot_forward_soft_gradient():
     assert torch.allclose(sel.sum(1), torch.ones(2)) and ((sel - sel.round()).abs() < 1e-6).all()
     (sel * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+    # value and gradient of the textbook form, hard - soft.detach() + soft with the same noise
+    for tau in (1.0, 0.3):
+        x = logits.detach().clone().requires_grad_()
+        u = torch.rand(x.shape, generator=torch.Generator().manual_seed(7))
+        soft = torch.softmax((torch.log_softmax(x, -1) - torch.log(-torch.log(u))) / tau, -1)
+        ref = F.one_hot(soft.argmax(-1), 3).float() - soft.detach() + soft
+        w = torch.tensor([[1.0, -2.0, 0.5], [3.0, 0.0, 1.0]])
+        want = torch.autograd.grad((ref * w).sum(), x)[0]
+        y = logits.detach().clone().requires_grad_()
+        got = gumbel_select(y, tau, torch.Generator().manual_seed(7))
+        assert torch.allclose(got, ref, atol=1e-6)
+        assert torch.allclose(torch.autograd.grad((got * w).sum(), y)[0], want, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- registered losses, by hand
