@@ -1,7 +1,9 @@
 """The run's reference points: the teacher, and a plain (BPR, no teacher) student of every size of the space.
 
 Plain students are candidates of the front like the distilled ones: a distilled student that a plain student
-of its size beats at the same latency must never be recommended. Each plain student gets the best of three
+of its size beats must never be recommended. So a distilled student is a candidate only if it beats the plain
+student of its dim on validation in Recall@K *and* NDCG@K (:func:`behind_plain`); the front is then taken over
+those and the plain students. Each plain student gets the best of three
 learning rates across the space's range (chosen on validation), so distillation is compared with a student
 that had a fair chance too. Their weights are kept, so a plain student on the front ships like any other.
 """
@@ -73,6 +75,18 @@ def plain_students(split: Split, space: SearchSpace, k: int, seed: int, remote: 
     best.insert(3, "loss", "bpr")
     best.insert(4, "precision", "fp32")
     return best, weights
+
+
+def behind_plain(trials: pd.DataFrame, plain: pd.DataFrame, metrics: list[str]) -> pd.Series:
+    """True for each trial that does not beat the plain student of its dim in every one of ``metrics``
+    (validation figures, higher is better): a plain student as good in one of them beats it there, and
+    the distilled student is not recommended. A trial whose dim has no plain student is not behind."""
+    by_dim = plain.set_index(plain["dim"].astype(int))
+    behind = pd.Series(False, index=trials.index)
+    for m in metrics:
+        reference = trials["dim"].astype(int).map(by_dim[m])
+        behind |= reference.notna() & ~(trials[m] > reference)
+    return behind
 
 
 def teacher_row(knowledge: TeacherKnowledge, split: Split, k: int) -> dict:

@@ -6,7 +6,8 @@ baselines, plot, weights, the Optuna study.
 Every row of one architecture carries the same latency figure (the run's interleaved measurement after the
 search, ``run.json`` -> ``latency.after``); what a trial reported during the search is kept as
 ``search_latency_ms``. The front is computed over the finished distilled trials and the plain students of
-every size, so a distilled student that a plain one of its size beats is never recommended.
+every size, a distilled student taking part only if it beats the plain student of its size on validation in
+both Recall@K and NDCG@K: a distilled student that a plain one of its size beats is never recommended.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdtune import latency_plan, pareto, rundir, study
-from kdtune.baselines import DISTILLED, PLAIN, plain_id, plain_students, teacher_row
+from kdtune.baselines import DISTILLED, PLAIN, behind_plain, plain_id, plain_students, teacher_row
 from kdtune.config import DEFAULTS
 from kdtune.data import Interactions, Split
 from kdtune.errors import UsageError
@@ -139,7 +140,11 @@ def export_run(
     baselines = with_run_latency(baselines.drop(columns=[c for c in baselines if "latency" in c]), profiles)
     plain = baselines[baselines["kind"].eq(PLAIN)]
 
-    candidates = pd.concat([finished.assign(kind=DISTILLED), plain], ignore_index=True)
+    # A distilled student behind the plain student of its size (validation Recall@K or NDCG@K) is not a
+    # candidate; the study keeps every trial.
+    behind = behind_plain(finished, plain, [recall, ndcg])
+    every = pd.concat([finished.assign(kind=DISTILLED), plain], ignore_index=True)
+    candidates = pd.concat([finished[~behind].assign(kind=DISTILLED), plain], ignore_index=True)
     front = pareto.pareto_front(candidates, objectives).reset_index(drop=True)
     test_rows = []
     for row in front.to_dict("records"):
@@ -187,7 +192,7 @@ def export_run(
 
     # The run as an Optuna study (optuna-dashboard, optuna.load_study): its best trials are this front.
     scored = front.set_index("trial_id")[[c for c in front if c.startswith("test_")]]
-    study_rows = candidates.drop(columns=[c for c in candidates if c.startswith("test_")]).join(
+    study_rows = every.drop(columns=[c for c in every if c.startswith("test_")]).join(
         scored, on="trial_id")
     try:
         study_file = study.write_study(
@@ -209,7 +214,9 @@ def export_run(
     run["front_kinds"] = front["kind"].value_counts().to_dict()
     shown = ["kind", "trial_id", "loss", "dim", "precision", f"test_{recall}", f"test_{ndcg}", f"gain_vs_plain_{ndcg}",
              "latency_ms", "bytes", "size_vs_teacher"]
-    table = (f"\nPareto front ({len(front)} of {len(finished)} finished trials + {len(plain)} plain students; "
+    run["behind_plain"] = sorted(finished.loc[behind, "trial_id"].astype(str))
+    table = (f"\nPareto front ({len(front)} of {len(finished)} finished trials ({int(behind.sum())} of them behind the "
+             f"plain student of their size on validation {recall} or {ndcg}, left out) + {len(plain)} plain students; "
              f"test split; latency at {catalog:,} items):\n\n"
              + front[[c for c in shown if c in front]].to_markdown(index=False, floatfmt=".4g"))
     warnings = run.get("latency", {}).get("after", {}).get("contradictions", [])

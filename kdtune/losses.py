@@ -216,19 +216,23 @@ class _RRDTerm(torch.autograd.Function):
         if valid is not None:
             # the dtype's lowest finite value rather than -inf: exp() of it is 0, yet a row with no valid
             # cell still has a finite log-sum-exp
-            s_un = s_un.masked_fill(~valid, torch.finfo(s_un.dtype).min)
-        below = torch.logsumexp(s_un, dim=1)
+            s_un = torch.where(valid, s_un, torch.finfo(s_un.dtype).min)
+        # the uninteresting cells' log-sum-exp, keeping exp(u_j - max) for the backward: e <= 1, and the
+        # row's largest cell contributes 1 to the sum, so the log never sees an underflow
+        top = s_un.amax(1, keepdim=True)
+        e = s_un.sub(top).exp_()
+        below = e.sum(1).log_().add_(top.squeeze(1))
         st = s_int.T.contiguous()  # [K, U]: each rank's scores contiguous
         z = torch.empty_like(st)
         torch.logaddexp(st[k - 1], below, out=z[k - 1])
         for r in range(k - 2, -1, -1):
             torch.logaddexp(st[r], z[r + 1], out=z[r])
-        ctx.save_for_backward(st, s_un, z)
+        ctx.save_for_backward(st, e, top, z)
         return (z.sum() - st.sum()) / n_u
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        st, s_un, z = ctx.saved_tensors
+        st, e, top, z = ctx.saved_tensors
         k, n_u = st.shape
         a = z.neg()  # a[r] = log sum_{k<=r} exp(-z[k]), accumulated in place
         for r in range(1, k):
@@ -238,7 +242,8 @@ class _RRDTerm(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             g_int = (st + a).exp_().sub_(1).mul_(scale).T.contiguous()
         if ctx.needs_input_grad[1]:
-            g_un = (s_un + a[k - 1].unsqueeze(1)).exp_().mul_(scale)  # masked cells: exp(-huge) = 0
+            # exp(u_j + A_{K-1}) = e_j * exp(max + A_{K-1}), whose exponent is <= log K (masked cells: e = 0)
+            g_un = e * top.add(a[k - 1].unsqueeze(1)).exp_().mul_(scale)
         return g_int, g_un, None
 
 

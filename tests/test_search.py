@@ -64,7 +64,12 @@ def test_search_exports_a_consistent_front(finished_run):
     payload = json.loads((out / "pareto.json").read_text())
     plain = pd.DataFrame([b for b in payload["baselines"] if b["kind"] == "plain"])
     assert sorted(plain["trial_id"]) == ["plain-dim4", "plain-dim8"]
-    candidates = pd.concat([trials[trials["outcome"] == "finished"], plain], ignore_index=True)
+    finished = trials[trials["outcome"] == "finished"]
+    by_dim = plain.set_index("dim")
+    ahead = [(r["recall@20"] > by_dim.loc[r["dim"], "recall@20"]) and (r["ndcg@20"] > by_dim.loc[r["dim"], "ndcg@20"])
+             for _, r in finished.iterrows()]
+    assert sorted(run["behind_plain"]) == sorted(finished.loc[[not a for a in ahead], "trial_id"])
+    candidates = pd.concat([finished[ahead], plain], ignore_index=True)
     expected = pareto.pareto_front(candidates, objectives)
     assert sorted(front["trial_id"]) == sorted(expected["trial_id"])
     assert set(front["kind"]) <= {"distilled", "plain"}
