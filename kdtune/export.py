@@ -215,9 +215,9 @@ def export_run(
     shown = ["kind", "trial_id", "loss", "dim", "precision", f"test_{recall}", f"test_{ndcg}", f"gain_vs_plain_{ndcg}",
              "latency_ms", "bytes", "size_vs_teacher"]
     run["behind_plain"] = sorted(finished.loc[behind, "trial_id"].astype(str))
-    table = (f"\nPareto front ({len(front)} of {len(finished)} finished trials ({int(behind.sum())} of them behind the "
-             f"plain student of their size on validation {recall} or {ndcg}, left out) + {len(plain)} plain students; "
-             f"test split; latency at {catalog:,} items):\n\n"
+    table = (f"\nPareto front of {len(finished)} finished trials and {len(plain)} plain students ({int(behind.sum())} "
+             f"trials left out: behind the plain student of their size on validation {recall} or {ndcg}); "
+             f"test split; latency at {catalog:,} items:\n\n"
              + front[[c for c in shown if c in front]].to_markdown(index=False, floatfmt=".4g"))
     warnings = run.get("latency", {}).get("after", {}).get("contradictions", [])
     if warnings:
