@@ -79,7 +79,11 @@ class _ExpertsTerm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s, sel, t, w1, b1, w2, b2, counts):
         n_e, ds, h = w1.shape
-        hidden = torch.addmm(b1.reshape(-1), s, w1.transpose(0, 1).reshape(ds, n_e * h)).relu_()
+        # the bias as one more input column against a row of ones: the product writes H directly (addmm
+        # with a bias first copies the broadcast bias into the [M, E * h] result, a whole extra pass)
+        s1 = torch.cat([s, s.new_ones(s.shape[0], 1)], 1)
+        w1b = torch.cat([w1.transpose(0, 1).reshape(ds, n_e * h), b1.reshape(1, -1)], 0)
+        hidden = torch.mm(s1, w1b).relu_()
         out = torch.empty_like(t)
         for e, rows in _blocks(counts):
             torch.addmm(b2[e], hidden[rows, e * h : (e + 1) * h], w2[e], out=out[rows])

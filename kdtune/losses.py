@@ -275,12 +275,17 @@ def _bpr_margin(ctx: KDContext) -> torch.Tensor:
     return s[:, 0] - s[:, 1]
 
 
-def _distinct_users(ctx: KDContext) -> torch.Tensor:
-    """The batch's distinct users, ascending: the rows of the per-user terms (a mark per user rather than
-    ``torch.unique``'s sort: linear in the batch)."""
-    mark = torch.zeros(ctx.topn.shape[0], dtype=torch.bool, device=ctx.users.device)
-    mark[ctx.users] = True
+def _distinct(ids: torch.Tensor, n: int) -> torch.Tensor:
+    """The distinct values of ``ids`` (in ``0..n-1``), ascending: a mark per value rather than
+    ``torch.unique``'s sort, linear in ``ids``."""
+    mark = torch.zeros(n, dtype=torch.bool, device=ids.device)
+    mark[ids] = True
     return mark.nonzero().squeeze(1)
+
+
+def _distinct_users(ctx: KDContext) -> torch.Tensor:
+    """The batch's distinct users, ascending: the rows of the per-user terms."""
+    return _distinct(ctx.users, ctx.topn.shape[0])
 
 
 @torch.no_grad()
@@ -448,7 +453,7 @@ def de_loss(
         raise ValueError(
             f"ctx.extra has {ex.n_experts} experts but de_experts={de_experts}: pass params to make_extra"
         )
-    users, items = _distinct_users(ctx), torch.unique(torch.cat([ctx.pos, ctx.neg]))
+    users, items = _distinct_users(ctx), _distinct(torch.cat([ctx.pos, ctx.neg]), ctx.student.n_items)
     with torch.no_grad():
         t_user, t_item = ctx.teacher.user_vectors(users), ctx.teacher.item_vectors(items)
     # each side is de_term(expert(s), t), fused; the student's rows are read in the experts' order
