@@ -176,7 +176,7 @@ def test_killed_driver_resumes_without_losing_trials(ray_cluster, cache, tmp_pat
         # Kill the driver once at least two trials have finished (their checkpoints exist).
         while time.time() < deadline and len(list(out.glob("ray/search/*/checkpoint_*"))) < 2:
             assert proc.poll() is None, "search ended before it could be interrupted"
-            time.sleep(0.5)
+            time.sleep(0.1)
         assert len(list(out.glob("ray/search/*/checkpoint_*"))) >= 2
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
