@@ -14,6 +14,7 @@ to resume from damaged state it has no intact copy of.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 import pyarrow.fs
+import ray.cloudpickle as cloudpickle
 from ray import tune
 
 from kdtune.errors import UsageError
@@ -129,6 +131,36 @@ def _newest(fs: pyarrow.fs.FileSystem, root: str) -> list[str]:
     return newest
 
 
+def _relocate_generator(fs: pyarrow.fs.FileSystem, root: str) -> None:
+    """Point the saved search generator at the experiment's present location.
+
+    Tune relocates the trials it restores from a moved experiment, but not the search generator whose
+    experiment spec (with its storage) makes the trials still to come: in a run moved before all its
+    trials were created, those would be written to the old place, and fail once it is gone. The file is
+    Tune's own pickle, which Tune's restore loads in any case.
+    """
+    names = [n for n in _newest(fs, root) if n.startswith("search_gen_state-")]
+    if not names:
+        return
+    path = f"{root}/{names[0]}"
+    with fs.open_input_stream(path) as f:
+        state = cloudpickle.loads(f.readall())
+    experiment = state.get("experiment") if isinstance(state, dict) else None
+    storage = getattr(experiment, "storage", None)
+    parent, name = root.rstrip("/").rsplit("/", 1)
+    if storage is None or (storage.storage_fs_path == parent and storage.experiment_dir_name == name):
+        return
+    moved = copy.copy(storage)
+    moved.storage_filesystem, moved.storage_fs_path, moved.experiment_dir_name = fs, parent, name
+    experiment.storage = moved
+    experiment.spec["storage"] = moved
+    tmp = f"{root}/.{names[0]}.relocate.tmp"
+    with fs.open_output_stream(tmp) as out:
+        out.write(cloudpickle.dumps(state))
+    fs.move(tmp, path)
+    log.info("search generator moved from %s/%s to %s", storage.storage_fs_path, storage.experiment_dir_name, root)
+
+
 def prepare_resume(experiment_path: str, run_dir: Path) -> None:
     """Make the experiment directory's newest state files intact before Tune restores from them.
 
@@ -155,3 +187,4 @@ def prepare_resume(experiment_path: str, run_dir: Path) -> None:
                 f"and {run_dir} holds no intact copy ({SNAPSHOT}); the finished trials are still in "
                 f"{root}, but this run cannot be resumed: start a new one with another --out"
             )
+    _relocate_generator(fs, root)

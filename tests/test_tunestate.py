@@ -79,3 +79,29 @@ def test_resume_from_intact_storage_without_snapshot_changes_nothing(tmp_path):
     before = {p.name: p.read_bytes() for p in experiment.iterdir()}
     prepare_resume(str(experiment), run)
     assert {p.name: p.read_bytes() for p in experiment.iterdir()} == before
+
+
+def test_resume_points_the_search_generator_at_a_moved_run(tmp_path):
+    """Tune relocates the trials it restores, not the generator that makes the next ones: its pickled
+    experiment keeps the storage it was saved with, so prepare_resume moves it to where the run is now."""
+    from types import SimpleNamespace
+
+    import ray.cloudpickle as cloudpickle
+    from ray.train._internal.storage import StorageContext
+
+    old = tmp_path / "killed" / "ray"
+    storage = StorageContext(storage_path=str(old), experiment_dir_name="search")
+    run = tmp_path / "elsewhere" / "moved"
+    experiment = tune_files(run / "ray" / "search")
+    state = {"counter": 2, "experiment": SimpleNamespace(storage=storage, spec={"storage": storage, "x": 1})}
+    (experiment / f"search_gen_state-{SESSION}.json").write_bytes(cloudpickle.dumps(state))
+    prepare_resume(str(experiment), run)
+    got = cloudpickle.loads((experiment / f"search_gen_state-{SESSION}.json").read_bytes())
+    moved = got["experiment"].storage
+    assert moved.storage_fs_path == (run / "ray").as_posix() and moved.experiment_dir_name == "search"
+    assert moved.experiment_fs_path == experiment.as_posix()
+    assert got["experiment"].spec["storage"] is moved and got["experiment"].spec["x"] == 1 and got["counter"] == 2
+    # already in place: the file is left as it is
+    before = (experiment / f"search_gen_state-{SESSION}.json").read_bytes()
+    prepare_resume(str(experiment), run)
+    assert (experiment / f"search_gen_state-{SESSION}.json").read_bytes() == before
