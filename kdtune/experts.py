@@ -21,14 +21,13 @@ class _StraightThroughGumbel(torch.autograd.Function):
     ``softmax((log_softmax(l) + g) / tau)`` is ``softmax((l + g) / tau)``: ``log_softmax`` only shifts
     each row by a constant, which a softmax ignores. Written out, the gradient is
     ``soft * (grad - <grad, soft>) / tau``: one function instead of an autograd chain of six operations
-    over ``[M, E]`` (a soft-max over five columns is slow on CPU; the chain was ~6 ms of a ``de`` step).
+    over ``[M, E]`` (with the soft-max written out: torch's over rows of five is ~3x slower on CPU).
     """
 
     @staticmethod
     def forward(ctx, logits, noise, tau):
         y = (logits + noise).div_(tau)
         choice = y.argmax(-1)
-        # the soft-max written out: torch.softmax over rows of five is ~3x slower on CPU
         soft = y.sub_(y.amax(-1, keepdim=True)).exp_()
         soft.div_(soft.sum(-1, keepdim=True))
         ctx.save_for_backward(soft)
