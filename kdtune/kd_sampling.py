@@ -8,6 +8,7 @@ the caller's generator on the generator's device, so a seeded generator makes a 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 import torch
 
@@ -36,10 +37,6 @@ def sample_ranks(n_rows: int, n: int, k: int, lam: float, generator: torch.Gener
     inv_w = torch.exp(torch.arange(n, dtype=torch.float32, device=dev) / lam)
     keys = torch.rand(n_rows, n, generator=generator, device=dev).log_().mul_(inv_w)
     return keys.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
-
-
-
-
 
 
 def shared_uninteresting(
@@ -78,31 +75,38 @@ def shared_uninteresting(
     return pool, ~hit
 
 
-_exclusion: tuple[weakref.ref, int, int, torch.Tensor | None] | None = None
+# Tables derived from one top-N table, built once and kept while that same, unmodified tensor is passed:
+# name -> (weak reference to the top-N table, its version, an extra key, the derived table).
+_derived: dict[str, tuple[weakref.ref, int, object, torch.Tensor]] = {}
+
+
+def _of_topn(name: str, topn: torch.Tensor, key: object, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``build()``, cached under ``name`` while the same unmodified ``topn`` (and ``key``) are passed."""
+    c = _derived.get(name)
+    if c is None or c[0]() is not topn or c[1] != topn._version or c[2] != key:
+        c = (weakref.ref(topn), topn._version, key, build())
+        _derived[name] = c
+    return c[3]
 
 
 def _exclusion_bitmap(topn: torch.Tensor, positives: PositiveSet | None, n_items: int) -> torch.Tensor | None:
     """Bool ``[n_items, n_users]`` (item-major): True for each user's top-N items and training positives;
     cached while the same top-N table and positive set are passed. ``None`` when it would be too large."""
-    global _exclusion
     n_users = topn.shape[0]
     # too large, or positives too many for a bitmap of their own: the caller uses the sorted search
     if n_users * n_items > MAX_BITMAP_CELLS or (positives is not None and positives.bitmap is None):
         return None
-    c = _exclusion
-    if c is None or c[0]() is not topn or c[1] != topn._version or c[2] != id(positives):
+
+    def build() -> torch.Tensor:
         if positives is not None:
             bits = positives.bitmap.clone()
         else:
             bits = torch.zeros(n_users * n_items, dtype=torch.bool, device=topn.device)
         bits = bits.view(n_users, n_items)
         bits.scatter_(1, topn, True)
-        c = (weakref.ref(topn), topn._version, id(positives), bits.T.contiguous())
-        _exclusion = c
-    return c[3]
+        return bits.T.contiguous()
 
-
-_sorted_topn: tuple[weakref.ref, int, torch.Tensor] | None = None
+    return _of_topn("exclusion", topn, id(positives), build)
 
 
 def sorted_topn_of(topn: torch.Tensor) -> torch.Tensor:
@@ -110,9 +114,4 @@ def sorted_topn_of(topn: torch.Tensor) -> torch.Tensor:
 
     Sorting the batch's ``[B, N]`` rows every batch cost ~30 ms on CPU; the table is fixed for a run.
     """
-    global _sorted_topn
-    c = _sorted_topn
-    if c is None or c[0]() is not topn or c[1] != topn._version:
-        c = (weakref.ref(topn), topn._version, topn.sort(dim=1).values)
-        _sorted_topn = c
-    return c[2]
+    return _of_topn("sorted", topn, None, lambda: topn.sort(dim=1).values)

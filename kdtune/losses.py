@@ -74,8 +74,6 @@ __all__ = [
     "sorted_topn_of",
 ]
 
-_sorted_topn_of = sorted_topn_of  # the former private name
-
 
 @dataclass
 class KDContext:

@@ -61,12 +61,18 @@ def non_dominated(points: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _check_objectives(df: pd.DataFrame, objectives: Mapping[str, str]) -> None:
+def check_directions(objectives: Mapping[str, str]) -> None:
+    """``objectives`` names at least one metric, each ``"max"`` or ``"min"`` (ValueError otherwise)."""
     if not objectives:
-        raise ValueError("objectives must name at least one column")
+        raise ValueError("objectives must name at least one metric")
     for col, direction in objectives.items():
         if direction not in _DIRECTIONS:
             raise ValueError(f"objective {col!r}: direction must be 'max' or 'min', got {direction!r}")
+
+
+def _check_objectives(df: pd.DataFrame, objectives: Mapping[str, str]) -> None:
+    check_directions(objectives)
+    for col in objectives:
         if col not in df.columns:
             raise KeyError(f"objective column {col!r} not in the trial table (columns: {list(df.columns)})")
 

@@ -15,23 +15,15 @@ from typing import Any
 
 import numpy as np
 
-from kdtune.pareto import non_dominated
+from kdtune.pareto import check_directions, non_dominated
 
 __all__ = ["to_minimisation", "nondominated_sort", "epsilon_net_order", "priority_rank", "promote",
            "rung_milestones"]
 
 
-def _check_objectives(objectives: Mapping[str, str]) -> None:
-    if not objectives:
-        raise ValueError("objectives must name at least one metric")
-    for name, direction in objectives.items():
-        if direction not in ("max", "min"):
-            raise ValueError(f"objective {name!r}: direction must be 'max' or 'min', got {direction!r}")
-
-
 def to_minimisation(values: Mapping[str, Any], objectives: Mapping[str, str]) -> np.ndarray:
     """One result's objective vector in objective order, maximised metrics negated (``[m]`` floats)."""
-    _check_objectives(objectives)
+    check_directions(objectives)
     vec = [float(values[name]) for name in objectives]
     return np.array(
         [-v if d == "max" else v for v, d in zip(vec, objectives.values(), strict=True)], dtype=float

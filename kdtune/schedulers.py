@@ -9,8 +9,8 @@ and a trial continues iff it is in the top ``ceil(n / eta)`` of that order.
 
 Two layers:
 
-* Pure rung logic on numbers, in :mod:`kdtune.rungs` (:func:`nondominated_sort`, :func:`priority_rank`,
-  :func:`promote`, :func:`rung_milestones`, re-exported here): plain numpy, every column minimised
+* Pure rung logic on numbers, in :mod:`kdtune.rungs` (:func:`~kdtune.rungs.nondominated_sort`,
+  :func:`~kdtune.rungs.priority_rank`, :func:`~kdtune.rungs.promote`, :func:`~kdtune.rungs.rung_milestones`): plain numpy, every column minimised
   (maximised objectives are negated by :func:`to_minimisation`, as Optuna does). Testable without Ray.
 * :class:`ParetoASHA`, a thin ``FIFOScheduler`` subclass that records each trial's objective vector
   when it reaches a rung, asks :func:`promote`, and (optionally) persists its rung records to JSON.
@@ -41,32 +41,16 @@ from typing import Any
 import numpy as np
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
-from kdtune.rungs import (
-    _check_objectives,
-    epsilon_net_order,
-    nondominated_sort,
-    priority_rank,
-    promote,
-    rung_milestones,
-    to_minimisation,
-)
+from kdtune.pareto import check_directions
+from kdtune.rungs import promote, rung_milestones, to_minimisation
 
-__all__ = [
-    "to_minimisation",
-    "nondominated_sort",
-    "epsilon_net_order",
-    "priority_rank",
-    "promote",
-    "rung_milestones",
-    "ParetoASHA",
-]
+__all__ = ["ParetoASHA"]
 
 logger = logging.getLogger(__name__)
 
 CONTINUE = TrialScheduler.CONTINUE
 STOP = TrialScheduler.STOP
 _STATE_VERSION = 1
-
 
 
 def _number(value: Any) -> float | None:
@@ -116,7 +100,7 @@ class ParetoASHA(FIFOScheduler):
         stop_at_max_t: bool = True,
     ) -> None:
         super().__init__()
-        _check_objectives(objectives)
+        check_directions(objectives)
         self._objectives = dict(objectives)
         self._time_attr = time_attr
         self._grace_period = grace_period

@@ -131,7 +131,7 @@ def _newest(fs: pyarrow.fs.FileSystem, root: str) -> list[str]:
     return newest
 
 
-def _relocate_generator(fs: pyarrow.fs.FileSystem, root: str) -> None:
+def _relocate_generator(fs: pyarrow.fs.FileSystem, root: str, name: str, data: bytes) -> None:
     """Point the saved search generator at the experiment's present location.
 
     Tune relocates the trials it restores from a moved experiment, but not the search generator whose
@@ -139,25 +139,20 @@ def _relocate_generator(fs: pyarrow.fs.FileSystem, root: str) -> None:
     trials were created, those would be written to the old place, and fail once it is gone. The file is
     Tune's own pickle, which Tune's restore loads in any case.
     """
-    names = [n for n in _newest(fs, root) if n.startswith("search_gen_state-")]
-    if not names:
-        return
-    path = f"{root}/{names[0]}"
-    with fs.open_input_stream(path) as f:
-        state = cloudpickle.loads(f.readall())
+    state = cloudpickle.loads(data)
     experiment = state.get("experiment") if isinstance(state, dict) else None
     storage = getattr(experiment, "storage", None)
-    parent, name = root.rstrip("/").rsplit("/", 1)
-    if storage is None or (storage.storage_fs_path == parent and storage.experiment_dir_name == name):
+    parent, exp_name = root.rstrip("/").rsplit("/", 1)
+    if storage is None or (storage.storage_fs_path == parent and storage.experiment_dir_name == exp_name):
         return
     moved = copy.copy(storage)
-    moved.storage_filesystem, moved.storage_fs_path, moved.experiment_dir_name = fs, parent, name
+    moved.storage_filesystem, moved.storage_fs_path, moved.experiment_dir_name = fs, parent, exp_name
     experiment.storage = moved
     experiment.spec["storage"] = moved
-    tmp = f"{root}/.{names[0]}.relocate.tmp"
+    tmp = f"{root}/.{name}.relocate.tmp"
     with fs.open_output_stream(tmp) as out:
         out.write(cloudpickle.dumps(state))
-    fs.move(tmp, path)
+    fs.move(tmp, f"{root}/{name}")
     log.info("search generator moved from %s/%s to %s", storage.storage_fs_path, storage.experiment_dir_name, root)
 
 
@@ -187,4 +182,5 @@ def prepare_resume(experiment_path: str, run_dir: Path) -> None:
                 f"and {run_dir} holds no intact copy ({SNAPSHOT}); the finished trials are still in "
                 f"{root}, but this run cannot be resumed: start a new one with another --out"
             )
-    _relocate_generator(fs, root)
+        if name.startswith("search_gen_state-"):
+            _relocate_generator(fs, root, name, data)

@@ -16,7 +16,6 @@ from kdtune.losses import (
     LOSSES,
     DistillationExperts,
     KDContext,
-    _sorted_topn_of,
     bpr_term,
     cd_term,
     de_term,
@@ -28,6 +27,7 @@ from kdtune.losses import (
     rrd_term,
     sample_ranks,
     soft_bce_term,
+    sorted_topn_of,
 )
 from kdtune.models import MF
 from kdtune.optim import TableAdamW
@@ -217,10 +217,10 @@ def test_sample_ranks_without_replacement_sorted_and_rank_aware():
 
 def test_sorted_topn_cache_follows_in_place_edits():
     topn = torch.tensor([[3, 1, 2], [0, 5, 4]])
-    assert torch.equal(_sorted_topn_of(topn), torch.tensor([[1, 2, 3], [0, 4, 5]]))
+    assert torch.equal(sorted_topn_of(topn), torch.tensor([[1, 2, 3], [0, 4, 5]]))
     topn[0, 0] = 9  # the loop could refresh the teacher's top-N in place
-    assert torch.equal(_sorted_topn_of(topn), torch.tensor([[1, 2, 9], [0, 4, 5]]))
-    assert torch.equal(_sorted_topn_of(topn.clone()), torch.tensor([[1, 2, 9], [0, 4, 5]]))
+    assert torch.equal(sorted_topn_of(topn), torch.tensor([[1, 2, 9], [0, 4, 5]]))
+    assert torch.equal(sorted_topn_of(topn.clone()), torch.tensor([[1, 2, 9], [0, 4, 5]]))
 
 
 def test_gumbel_select_one_hot_forward_soft_gradient():
@@ -276,17 +276,22 @@ def test_rd_loss_hand():
     )
 
 
+def cd_by_hand(topn: list[list[int]], T: float) -> float:
+    """CD's BCE summed over users 0 and 1 and each one's items, soft labels sigmoid(t / T)."""
+    total = 0.0
+    for u in (0, 1):
+        for i in topn[u]:
+            y, q = sig(T_[u][i] / T), sig(S[u][i])
+            total += -(y * math.log(q) + (1 - y) * math.log(1 - q))
+    return total
+
+
 def test_cd_loss_hand():
     # cd_samples = N: sampling without replacement must take the whole top-N, so the value is fixed
     a, T = 0.6, 2.0
     topn = [[1, 2, 3], [0, 1, 3]]
-    soft = 0.0
-    for u in (0, 1):
-        for i in topn[u]:
-            y, q = sig(T_[u][i] / T), sig(S[u][i])
-            soft += -(y * math.log(q) + (1 - y) * math.log(1 - q))
     loss = get_loss("cd").fn(hand_ctx(topn), alpha=a, T=T, cd_samples=3, cd_lambda=1.0)
-    close(loss, (1 - a) * BPR + a * soft / 6)
+    close(loss, (1 - a) * BPR + a * cd_by_hand(topn, T) / 6)
 
 
 @pytest.fixture
@@ -368,13 +373,8 @@ def test_per_user_terms_count_each_distinct_user_once(pools):
     close(rrd, (1 - a) * BPR4 + a * (r0 + r1) / 2)
     # cd with cd_samples = N: user 0's three items and user 1's three, each user once
     T = 2.0
-    cd_soft = 0.0
-    for u in (0, 1):
-        for i in topn[u]:
-            y, q = sig(T_[u][i] / T), sig(S[u][i])
-            cd_soft += -(y * math.log(q) + (1 - y) * math.log(1 - q))
     cd = get_loss("cd").fn(repeated_ctx(topn), alpha=a, T=T, cd_samples=3, cd_lambda=1.0)
-    close(cd, (1 - a) * BPR4 + a * cd_soft / 6)
+    close(cd, (1 - a) * BPR4 + a * cd_by_hand(topn, T) / 6)
 
 
 def test_de_items_are_the_distinct_items_of_the_batch():
@@ -531,8 +531,6 @@ def test_epoch_draws_are_kept_within_an_epoch_and_renewed_after(name, pools):
         # the interesting items come from the epoch's table, the uninteresting ones from this batch's pool
         pool = torch.tensor(pools[-1])
         s_pool = ctx.student(users, pool.expand(3, -1))
-        from kdtune.kd_sampling import sorted_topn_of
-
         valid = torch.stack([~torch.isin(pool, sorted_topn_of(ctx.topn)[u]) for u in users])
         soft = rrd_term(s, s_pool, valid)
     else:

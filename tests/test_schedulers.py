@@ -9,10 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from kdtune.schedulers import (
-    CONTINUE,
-    STOP,
-    ParetoASHA,
+from kdtune.rungs import (
     epsilon_net_order,
     nondominated_sort,
     priority_rank,
@@ -20,6 +17,7 @@ from kdtune.schedulers import (
     rung_milestones,
     to_minimisation,
 )
+from kdtune.schedulers import CONTINUE, STOP, ParetoASHA
 
 OBJ = {"recall@20": "max", "latency_ms": "min"}
 NAN = math.nan
