@@ -12,8 +12,9 @@ with each of ``kdtune.train.OPTIMIZERS`` (dense AdamW, the default, and row-spar
 end-of-epoch sync of the lazy optimiser is inside the timed region.
 
 The ``vs bpr`` column is each loss's throughput over kdtune's own BPR step at the same dim, batch
-size and optimiser, timed in the same repeat (so the ratio of neighbours, as above). Distillation
-losses pay for the teacher's knowledge; this column is their price.
+size and optimiser, timed in the same repeat (so the ratio of neighbours, as above); ``range`` is the
+lowest and highest of those per-repeat ratios, how much the machine moved them. Distillation losses pay
+for the teacher's knowledge; this column is their price.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def main() -> None:
     teacher = MF(data.n_users, data.n_items, 64, seed=1).eval().requires_grad_(False)
     topn = compute_topn(teacher, parts.train, 100)
 
-    print(f"\n{'dim':>4} {'loss':>9} {'optimizer':>9} {'kdtune triplets/s':>18} {'vs bpr':>7} "
+    print(f"\n{'dim':>4} {'loss':>9} {'optimizer':>9} {'kdtune triplets/s':>18} {'vs bpr':>7} {'range':>11} "
           f"{'baseline triplets/s':>20} {'ratio':>7}")
     de_floors: dict[int, tuple[float, float]] = {}
     for dim in args.dims:
@@ -184,7 +185,8 @@ def main() -> None:
                 base_cols = (f"{statistics.median(base):>20,.0f} {statistics.median(vs_base[loss]):>6.1f}x"
                              if base else f"{'-':>20} {'-':>7}")
                 print(f"{dim:>4} {loss:>9} {optimizer:>9} {statistics.median(ours[loss]):>18,.0f} "
-                      f"{statistics.median(vs_bpr[loss]):>7.3f} {base_cols}", flush=True)
+                      f"{statistics.median(vs_bpr[loss]):>7.3f} "
+                      f"{min(vs_bpr[loss]):>5.3f}-{max(vs_bpr[loss]):<5.3f} {base_cols}", flush=True)
 
 
     if de_floors:
