@@ -12,7 +12,8 @@ with each of ``kdtune.train.OPTIMIZERS`` (dense AdamW, the default, and row-spar
 end-of-epoch sync of the lazy optimiser is inside the timed region.
 
 The ``vs bpr`` column is each loss's throughput over kdtune's own BPR step at the same dim, batch
-size and optimiser, timed in the same repeat (so the ratio of neighbours, as above); ``range`` is the
+size and optimiser, over an epoch of BPR timed right before the loss's (a ratio of neighbours, as above;
+the ``bpr`` row gathers all those BPR epochs); ``range`` is the
 lowest and highest of those per-repeat ratios, how much the machine moved them. Distillation losses pay
 for the teacher's knowledge; this column is their price.
 """
@@ -158,18 +159,21 @@ def main() -> None:
     de_floors: dict[int, tuple[float, float]] = {}
     for dim in args.dims:
         for optimizer in args.optimizers:
-            # per repeat: kdtune's BPR step first, then every loss, so each ratio compares neighbours
+            # per repeat and loss: an epoch of kdtune's BPR step right before the loss's, so that each ratio
+            # compares neighbours (BPR's row gathers every one of those BPR epochs)
             ours: dict[str, list[float]] = {loss: [] for loss in args.losses}
             vs_bpr: dict[str, list[float]] = {loss: [] for loss in args.losses}
             vs_base: dict[str, list[float]] = {loss: [] for loss in args.losses}
             base: list[float] = []
+            bprs: list[float] = []
             for _ in range(args.repeats):
                 b = None
                 if not args.no_baseline:
                     b = time_baseline(parts.train, dim, args.batch_size, args.baseline_batches)
                     base.append(b)
-                bpr = time_kdtune(parts.train, dim, args.batch_size, args.batches, "bpr", teacher, topn, optimizer)
                 for loss in args.losses:
+                    bpr = time_kdtune(parts.train, dim, args.batch_size, args.batches, "bpr", teacher, topn, optimizer)
+                    bprs.append(bpr)
                     o = bpr if loss == "bpr" else time_kdtune(
                         parts.train, dim, args.batch_size, args.batches, loss, teacher, topn, optimizer
                     )
@@ -177,9 +181,11 @@ def main() -> None:
                     vs_bpr[loss].append(o / bpr)
                     if b is not None:
                         vs_base[loss].append(o / b)
+            if "bpr" in ours:
+                ours["bpr"] = bprs
             if "de" in args.losses and "bpr" in args.losses:
                 floor = de_gemm_floor(parts.train, dim, teacher.dim, args.batch_size)
-                bpr_step = args.batch_size / statistics.median(ours["bpr"])
+                bpr_step = args.batch_size / statistics.median(bprs)
                 de_floors[dim] = (floor, bpr_step)
             for loss in args.losses:
                 base_cols = (f"{statistics.median(base):>20,.0f} {statistics.median(vs_base[loss]):>6.1f}x"
