@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdtune import pareto  # noqa: E402
 from kdtune.search import main as search_main  # noqa: E402
+from kdtune.trainable import arch_of  # noqa: E402
 
 CONFIGS = {
     "tpe, full budget": ["--sampler", "tpe", "--scheduler", "none"],
@@ -54,14 +55,7 @@ def run_one(name: str, extra: list[str], args: argparse.Namespace, out: Path) ->
     t0 = time.perf_counter()
     assert search_main(argv) == 0
     wall = time.perf_counter() - t0
-    run = json.loads((run_dir / "run.json").read_text())
-    trials = pd.read_csv(run_dir / "trials.csv")
-    front = pd.read_csv(run_dir / "pareto.csv")
-    return {"name": name, "dir": run_dir, "run": run, "trials": trials, "front": front, "wall_s": wall}
-
-
-def arch(dim, precision) -> str:
-    return f"dim={int(dim)},precision={precision if isinstance(precision, str) else 'fp32'}"
+    return {**load_run(run_dir), "name": name, "wall_s": wall}
 
 
 def main() -> None:
@@ -101,8 +95,7 @@ def compare(runs: list[dict], args: argparse.Namespace, out: Path) -> None:
     rows = []
     for r in runs:
         front = r["front"].copy()
-        precisions = front["precision"] if "precision" in front else ["fp32"] * len(front)
-        front["latency_ms"] = [common[arch(d, p)] for d, p in zip(front["dim"], precisions, strict=True)]
+        front["latency_ms"] = [common[arch_of(row)] for row in front.to_dict("records")]
         if "kind" not in front:
             front["kind"] = "distilled"
         trials = r["trials"]

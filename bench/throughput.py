@@ -13,9 +13,9 @@ end-of-epoch sync of the lazy optimiser is inside the timed region.
 
 The ``vs bpr`` column is each loss's throughput over kdtune's own BPR step at the same dim, batch
 size and optimiser, over an epoch of BPR timed right before the loss's (a ratio of neighbours, as above;
-the ``bpr`` row gathers all those BPR epochs); ``range`` is the
-lowest and highest of those per-repeat ratios, how much the machine moved them. Distillation losses pay
-for the teacher's knowledge; this column is their price.
+the ``bpr`` row gathers all those BPR epochs); ``range`` is the lowest and highest of those per-repeat
+ratios, how much the machine moved them. Distillation losses pay for the teacher's knowledge; this
+column is their price.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdtune.data import Interactions, load, split  # noqa: E402
+from kdtune.experts import _ExpertSet  # noqa: E402
 from kdtune.losses import get_loss  # noqa: E402
 from kdtune.models import MF  # noqa: E402
 from kdtune.sampling import BPRSampler  # noqa: E402
@@ -108,7 +109,7 @@ def de_gemm_floor(train: Interactions, dim: int, teacher_dim: int, batch_size: i
     """
     gen = torch.Generator().manual_seed(0)
     users, pos, neg = next(iter(BPRSampler(train, batch_size=batch_size, generator=gen).epoch()))
-    h, e = (dim + teacher_dim) // 2, n_experts
+    e, _, h = _ExpertSet(dim, teacher_dim, n_experts).w1.shape  # the experts' own shapes
     sides = []
     for m in (users.unique().numel(), torch.cat([pos, neg]).unique().numel()):
         sides.append((torch.randn(m, dim), torch.randn(m, teacher_dim), torch.randn(dim, e * h),

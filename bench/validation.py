@@ -75,7 +75,7 @@ def main() -> None:
         epoch()
     full = evaluate(model, parts.train, parts.valid, ks=(20,))["ndcg@20"]
     sub = evaluate(model, parts.train, parts.valid, ks=(20,), users=sample)["ndcg@20"]
-    print(f"\nafter 16 epochs: validation NDCG@20 {full:.4f} (all users), {sub:.4f} (the sample)")
+    print(f"\nafter {1 + args.repeats + 10} epochs: validation NDCG@20 {full:.4f} (all users), {sub:.4f} (the sample)")
 
 
 if __name__ == "__main__":

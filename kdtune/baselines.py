@@ -40,9 +40,8 @@ def _plain_task(split: Split, dim: int, lr: float, train_kwargs: dict, k: int, s
     model, fit = distill(None, None, split.train, split.valid, dim, "bpr", seed=seed, lr=lr, k=k,
                          device=device, valid_users=valid_users, **train_kwargs)
     model.cpu()
-    test = evaluate(model, [split.train, split.valid], split.test, ks=(k,))
     return {"dim": dim, "lr": lr, f"recall@{k}": fit.best_metrics[f"recall@{k}"],
-            f"ndcg@{k}": fit.best_metrics[f"ndcg@{k}"], **{f"test_{m}": v for m, v in test.items()},
+            f"ndcg@{k}": fit.best_metrics[f"ndcg@{k}"], **test_scores(model, split, k),
             "params": model.n_params(), "bytes": model.n_bytes(), "best_epoch": fit.best_epoch,
             "epochs_run": fit.epochs_run, "state": {name: t.clone() for name, t in model.state_dict().items()},
             "arch": model.arch()}
@@ -89,11 +88,15 @@ def behind_plain(trials: pd.DataFrame, plain: pd.DataFrame, metrics: list[str]) 
     return behind
 
 
+def test_scores(model, split: Split, k: int) -> dict:
+    """``model`` scored once on the test split (train and validation items masked), ``test_``-prefixed."""
+    return {f"test_{m}": v for m, v in evaluate(model, [split.train, split.valid], split.test, ks=(k,)).items()}
+
+
 def teacher_row(knowledge: TeacherKnowledge, split: Split, k: int) -> dict:
     """The teacher's validation figures and its single test scoring."""
     teacher = knowledge.model()
-    test = evaluate(teacher, [split.train, split.valid], split.test, ks=(k,))
     return {"trial_id": TEACHER, "kind": TEACHER, "model": f"teacher dim={teacher.dim}", "loss": "bpr",
             "dim": teacher.dim, "precision": "fp32", f"recall@{k}": knowledge.valid_metrics.get(f"recall@{k}"),
-            f"ndcg@{k}": knowledge.valid_metrics.get(f"ndcg@{k}"), **{f"test_{m}": v for m, v in test.items()},
+            f"ndcg@{k}": knowledge.valid_metrics.get(f"ndcg@{k}"), **test_scores(teacher, split, k),
             "params": teacher.n_params(), "bytes": teacher.n_bytes()}

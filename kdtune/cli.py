@@ -11,15 +11,13 @@ import typing
 from collections.abc import Callable
 from pathlib import Path
 
-from kdtune.data import Interactions, Split, load, split
+from kdtune.data import DEFAULT_CACHE_DIR, SPLIT_METHODS, Interactions, Split, load, split
 from kdtune.errors import KdtuneError, UsageError
 
 __all__ = ["UsageError", "DataArgs", "add_dataclass_args", "arg", "from_namespace", "prepare_data", "run_cli",
            "setup_logging"]
 
 log = logging.getLogger("kdtune")
-
-DEFAULT_CACHE = "~/.cache/kdtune"
 
 
 def arg(default, help: str, **kw):
@@ -60,10 +58,10 @@ class DataArgs:
                                    "implicit positives)")
     kcore: int = arg(0, "iteratively keep users and items with at least this many interactions (0 = off)")
     split: str = arg("random", "random (per user, 80/10/10) or temporal (leave-one-out by timestamp)",
-                     choices=["random", "temporal"])
+                     choices=list(SPLIT_METHODS))
     k: int = arg(20, "K of Recall@K / NDCG@K")
     seed: int = arg(0, "seed of data generation, split, initialisation and sampling")
-    cache_dir: str = arg(DEFAULT_CACHE, "where splits and teachers are cached")
+    cache_dir: str = arg(DEFAULT_CACHE_DIR, "where splits and teachers are cached")
 
 
 def prepare_data(args: DataArgs) -> tuple[Interactions, Split]:

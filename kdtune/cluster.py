@@ -49,9 +49,9 @@ def fits(request: dict, nodes: list[dict]) -> bool:
     return any(all(node.get(name, 0) >= amount for name, amount in request.items() if amount) for node in nodes)
 
 
-def fit_to_nodes(request: dict, what: str, nodes: list[dict] | None = None) -> None:
-    """Raise a one-line :class:`UsageError` when no node of the cluster can hold ``request``."""
-    nodes = node_sizes() if nodes is None else nodes
+def fit_to_nodes(request: dict, what: str, nodes: list[dict]) -> None:
+    """Raise a one-line :class:`UsageError` when no node of the cluster (``nodes``, from
+    :func:`node_sizes`) can hold ``request``."""
     if not fits(request, nodes):
         wanted = ", ".join(f"{amount:g} {name}" for name, amount in request.items() if amount)
         raise UsageError(f"{what}: no node can hold {wanted} (the cluster has {describe(nodes)})")

@@ -107,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     seen = [parts.train, parts.valid]
     rows = [row("teacher", teacher, evaluate(teacher, seen, parts.test, ks=(k,)), k, catalog,
                 {"from_cache": knowledge.from_cache})]
+    # the students are scored on test below: their best epochs need no full validation score
     common = dict(epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience, k=k,
-                  progress=True)
+                  progress=True, rescore_best=False)
     plain, plain_fit = distill(teacher, knowledge.topn, parts.train, parts.valid, args.student_dim, "bpr",
                                seed=data_args.seed, desc="plain student", **common)
     rows.append(row("plain student", plain, evaluate(plain, seen, parts.test, ks=(k,)), k, catalog,

@@ -22,11 +22,18 @@ from pathlib import Path
 import pandas as pd
 
 from kdtune import latency_plan, pareto, rundir, study
-from kdtune.baselines import DISTILLED, PLAIN, behind_plain, plain_id, plain_students, teacher_row
+from kdtune.baselines import (
+    DISTILLED,
+    PLAIN,
+    behind_plain,
+    plain_id,
+    plain_students,
+    teacher_row,
+    test_scores,
+)
 from kdtune.config import DEFAULTS
 from kdtune.data import Interactions, Split
 from kdtune.errors import UsageError
-from kdtune.evaluate import evaluate
 from kdtune.losses import get_loss
 from kdtune.models import MF
 from kdtune.space import SearchSpace
@@ -89,10 +96,6 @@ def with_run_latency(df: pd.DataFrame, profiles: dict) -> pd.DataFrame:
     for col in ("latency_ms", "latency_spread_ms", "latency_p95_ms", "latency_b256_ms", "bytes_per_query"):
         out[col] = [profiles.get(key, {}).get(col) for key in keys]
     return out
-
-
-def test_scores(model: MF, split: Split, k: int) -> dict:
-    return {f"test_{m}": v for m, v in evaluate(model, [split.train, split.valid], split.test, ks=(k,)).items()}
 
 
 def export_run(

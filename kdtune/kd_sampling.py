@@ -99,12 +99,11 @@ def _exclusion_bitmap(topn: torch.Tensor, positives: PositiveSet | None, n_items
 
     def build() -> torch.Tensor:
         if positives is not None:
-            bits = positives.bitmap.clone()
+            bits = positives.bitmap.view(n_users, n_items).T.contiguous()  # the one copy, item-major
         else:
-            bits = torch.zeros(n_users * n_items, dtype=torch.bool, device=topn.device)
-        bits = bits.view(n_users, n_items)
-        bits.scatter_(1, topn, True)
-        return bits.T.contiguous()
+            bits = torch.zeros(n_items, n_users, dtype=torch.bool, device=topn.device)
+        bits.T.scatter_(1, topn, True)  # each user's top-N, through the user-major view
+        return bits
 
     return _of_topn("exclusion", topn, id(positives), build)
 

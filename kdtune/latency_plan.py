@@ -58,7 +58,6 @@ def _profile(archs: list[str], catalog: int, k: int, device: str, threads: int) 
     return {"profiles": profiles, "contradictions": latency.order_contradictions(profiles)}
 
 
-def figures(record: dict, stage: str | None = None) -> dict[str, dict]:
-    """The profiles of ``stage`` (``after`` by default when present, else ``before``) keyed by arch."""
-    stage = stage or ("after" if "after" in record else "before")
+def figures(record: dict, stage: str) -> dict[str, dict]:
+    """The profiles of ``stage`` (``before`` or ``after`` the trials) keyed by arch."""
     return record.get(stage, {}).get("profiles", {})

@@ -267,10 +267,15 @@ def de_term(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- registered losses
 
 
-def _bpr_margin(ctx: KDContext) -> torch.Tensor:
-    """Student margins ``s(u, pos) - s(u, neg)`` of the batch's triplets ``[B]`` (one forward call)."""
-    s = ctx.student(ctx.users, torch.stack([ctx.pos, ctx.neg], dim=1))
+def _margin(model: MF, ctx: KDContext) -> torch.Tensor:
+    """``model``'s margins ``s(u, pos) - s(u, neg)`` of the batch's triplets ``[B]`` (one forward call)."""
+    s = model(ctx.users, torch.stack([ctx.pos, ctx.neg], dim=1))
     return s[:, 0] - s[:, 1]
+
+
+def _bpr_margin(ctx: KDContext) -> torch.Tensor:
+    """The student's margins of the batch's triplets."""
+    return _margin(ctx.student, ctx)
 
 
 def _distinct(ids: torch.Tensor, n: int) -> torch.Tensor:
@@ -288,8 +293,7 @@ def _distinct_users(ctx: KDContext) -> torch.Tensor:
 
 @torch.no_grad()
 def _teacher_diff(ctx: KDContext) -> torch.Tensor:
-    t = ctx.teacher(ctx.users, torch.stack([ctx.pos, ctx.neg], dim=1))
-    return t[:, 0] - t[:, 1]
+    return _margin(ctx.teacher, ctx)
 
 
 def _topn_check(ctx: KDContext, k: int, what: str) -> None:

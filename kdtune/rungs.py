@@ -140,7 +140,3 @@ def rung_milestones(grace_period: float, reduction_factor: float, max_t: float) 
         m *= reduction_factor
     return out
 
-
-# ----------------------------------------------------------------------------------------------
-# The Ray Tune scheduler
-# ----------------------------------------------------------------------------------------------

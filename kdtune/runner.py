@@ -30,11 +30,10 @@ from kdtune.teacher import (
     train_teacher,
 )
 from kdtune.trainable import TrialSettings, train_student
-from kdtune.tunestate import StateSnapshot, prepare_resume
+from kdtune.tunestate import StateSnapshot, prepare_resume, saved_trial_ids
 
 log = logging.getLogger("kdtune")
 
-SCHEDULERS = ("pareto-asha", "none")
 SCHEDULER_STATE = "scheduler-state.json"
 
 
@@ -45,14 +44,14 @@ def _teacher_task(split: Split, settings: TeacherSettings, threads: int) -> Teac
     return train_teacher(split, settings, progress=False, device=device)
 
 
-def teacher_once(split_ref, split: Split, settings: TeacherSettings, cache_dir: str) -> TeacherKnowledge:
-    """The cached teacher, or one trained as a Ray task sized to fit the largest node (on a GPU node
-    when the cluster has one)."""
+def teacher_once(split_ref, split: Split, settings: TeacherSettings, cache_dir: str,
+                 nodes: list[dict]) -> TeacherKnowledge:
+    """The cached teacher, or one trained as a Ray task sized to fit the largest of ``nodes`` (on a GPU
+    node when the cluster has one)."""
     path = cache_path(split, settings, cache_dir)
     knowledge = load_cached(path)
     if knowledge is not None:
         return knowledge
-    nodes = node_sizes()
     gpus = 1 if max(n["GPU"] for n in nodes) >= 1 else 0
     # Never more CPUs than one node has: a task cannot span nodes, and a larger request waits forever.
     cpus = max(1, min(8, int(max(n["CPU"] for n in nodes if n["GPU"] >= gpus))))
@@ -68,20 +67,20 @@ def teacher_once(split_ref, split: Split, settings: TeacherSettings, cache_dir: 
     return knowledge
 
 
-def resources_per_trial(args) -> dict:
+def resources_per_trial(args, nodes: list[dict]) -> dict:
     """CPU/GPU share of one trial, checked against the nodes (a request no node can hold fails now)."""
     gpus = args.gpus_per_trial
     if gpus is None:
-        gpus = 0.25 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        gpus = 0.25 if sum(node["GPU"] for node in nodes) >= 1 else 0.0
     res = {"cpu": args.cpus_per_trial, "gpu": gpus}
-    fit_to_nodes({"CPU": res["cpu"], "GPU": res["gpu"]}, "--cpus-per-trial / --gpus-per-trial")
+    fit_to_nodes({"CPU": res["cpu"], "GPU": res["gpu"]}, "--cpus-per-trial / --gpus-per-trial", nodes)
     return res
 
 
-def default_concurrency(res: dict) -> int:
+def default_concurrency(res: dict, nodes: list[dict]) -> int:
     """Trials that fit at once, node by node (a trial cannot span nodes)."""
     total = 0
-    for node in node_sizes():
+    for node in nodes:
         fits = int(node["CPU"] // res["cpu"]) if res["cpu"] > 0 else 10**6
         if res["gpu"] > 0:
             fits = min(fits, int(node["GPU"] // res["gpu"]))
@@ -123,9 +122,10 @@ def execute(
     timings = run.setdefault("timings", {})
     k = data_args.k
     catalog = args.catalog_size or data.n_items
-    res = resources_per_trial(args)
+    nodes = node_sizes()  # the cluster as this run sees it, asked once
+    res = resources_per_trial(args, nodes)
     run["resources_per_trial"] = res
-    run["nodes"] = node_sizes()
+    run["nodes"] = nodes
 
     t0 = time.perf_counter()
     split_ref = ray.put(split)
@@ -136,7 +136,7 @@ def execute(
             settings = settings_from_record(run["teacher"]["settings"])
         else:
             settings = TeacherSettings(dim=args.teacher_dim, epochs=args.teacher_epochs, k=k, seed=data_args.seed)
-        knowledge = teacher_once(split_ref, split, settings, data_args.cache_dir)
+        knowledge = teacher_once(split_ref, split, settings, data_args.cache_dir, nodes)
     rundir.keep_teacher(run_dir, run, knowledge)
     timings.setdefault("teacher_s", round(time.perf_counter() - t0, 3))
     print(f"Teacher: {'loaded' if knowledge.from_cache else 'trained'} in {time.perf_counter() - t0:.1f} s "
@@ -152,11 +152,9 @@ def execute(
         lat["before"] = plan.measure()
         timings["latency_before_s"] = round(time.perf_counter() - t0, 3)
         _say_contradictions(lat["before"])
-    rundir.write_run(run_dir, run)
 
     trial_settings = TrialSettings(k=k, seed=data_args.seed, cpus_per_trial=args.cpus_per_trial,
-                                   catalog_size=catalog, latency=lat["before"]["profiles"],
-                                   valid_users=args.valid_users)
+                                   latency=lat["before"]["profiles"], valid_users=args.valid_users)
     # with_parameters puts the teacher and the split in the object store once for all trials.
     trainable = tune.with_resources(
         tune.with_parameters(train_student, knowledge=knowledge, split=split_ref, settings=trial_settings),
@@ -171,15 +169,13 @@ def execute(
     if resumed and tune.Tuner.can_restore(exp_path):
         print(f"Resuming the search in {exp_path}", flush=True)
         prepare_resume(exp_path, run_dir)
-        from ray.tune import ExperimentAnalysis
-
         from kdtune.schedulers import ParetoASHA
 
         # the run may have moved since its scheduler was pickled; trials Tune never saved are forgotten
-        ParetoASHA.relocate(run_dir, {t.trial_id for t in ExperimentAnalysis(exp_path).trials})
+        ParetoASHA.relocate(run_dir, saved_trial_ids(exp_path))
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_errored=False)
     else:
-        concurrency = args.concurrency or default_concurrency(res)
+        concurrency = args.concurrency or default_concurrency(res, nodes)
         searcher = OptunaSearch(
             space=space.define_by_run, metric=[f"recall@{k}", "latency_ms"], mode=["max", "min"],
             sampler=make_sampler(args.sampler, data_args.seed, args.trials),

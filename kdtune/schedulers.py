@@ -103,7 +103,6 @@ class ParetoASHA(FIFOScheduler):
         check_directions(objectives)
         self._objectives = dict(objectives)
         self._time_attr = time_attr
-        self._grace_period = grace_period
         self._eta = reduction_factor
         self._max_t = max_t
         self._final_key = final_key

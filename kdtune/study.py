@@ -52,6 +52,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from kdtune.pareto import check_directions
 from kdtune.space import Param, SearchSpace
 
 __all__ = ["STUDY_FILE", "SKIPPED_COLUMNS", "write_study", "load_study", "distribution"]
@@ -116,15 +117,11 @@ def write_study(
     direction, a duplicated ``trial_id``, or a COMPLETE distilled trial whose param is missing or
     outside the space (the table and the space do not belong together); nothing is written then.
     """
-    directions = []
-    for col, direction in objectives.items():
-        if direction not in _DIRECTIONS:
-            raise ValueError(f"objective {col!r}: direction must be 'max' or 'min', got {direction!r}")
+    check_directions(objectives)
+    for col in objectives:
         if col not in candidates.columns:
             raise KeyError(f"objective column {col!r} not in the candidate table")
-        directions.append(_DIRECTIONS[direction])
-    if not directions:
-        raise ValueError("objectives must name at least one column")
+    directions = [_DIRECTIONS[direction] for direction in objectives.values()]
     for name, table in (("candidates", candidates), ("errored", errored), ("pruned", pruned)):
         if table is not None and len(table) and "trial_id" not in table.columns:
             raise KeyError(f"{name}: no trial_id column")

@@ -13,7 +13,6 @@ import torch
 
 from kdtune.config import DEFAULTS
 from kdtune.data import Interactions, Split
-from kdtune.evaluate import evaluate
 from kdtune.models import MF
 from kdtune.train import fit
 
@@ -225,8 +224,3 @@ def get_teacher(
             save(knowledge, path)
         knowledge.load_seconds = time.perf_counter() - t0
     return knowledge
-
-
-def teacher_test_metrics(knowledge: TeacherKnowledge, split: Split, ks=(20,)) -> dict[str, float]:
-    """The teacher scored once on the test split (train + valid masked)."""
-    return evaluate(knowledge.model(), [split.train, split.valid], split.test, ks=ks)

@@ -162,6 +162,7 @@ def fit(
     desc: str = "train",
     device: torch.device | str = "cpu",
     on_epoch: Callable[[dict], None] | None = None,
+    rescore_best: bool = True,
 ) -> FitResult:
     """Train ``model`` in place with ``loss`` and keep its best state by validation NDCG@k.
 
@@ -171,7 +172,9 @@ def fit(
     are restored. The per-epoch signal (early stopping, ``on_epoch``, ``history``) is measured on a fixed
     seeded sample of ``valid_users`` validation users (0/None: all), the same for every run with the same
     data and seed: full-ranking validation of every user would cost several times a training epoch. The
-    best epoch's weights are then scored once on all validation users: that is ``best_metrics``.
+    best epoch's weights are then scored once on all validation users: that is ``best_metrics``
+    (``rescore_best=False`` skips it, for a caller that scores the model itself; ``best_metrics`` is then
+    the sample's).
     Deterministic for a given ``seed`` on CPU. ``device`` moves the model (and teacher)
     there; it stays there afterwards. Raises ``DivergedError`` on a NaN/inf loss.
     """
@@ -237,7 +240,7 @@ def fit(
         opt.close()
     model.load_state_dict(best_state)
     model.eval()
-    if signal_users is not None and best_epoch > 0:
+    if rescore_best and signal_users is not None and best_epoch > 0:
         best_metrics = evaluate(model, train, valid, ks=(k,))
         best_score = best_metrics[metric]
     return FitResult(

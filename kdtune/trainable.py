@@ -34,7 +34,6 @@ class TrialSettings:
     k: int
     seed: int
     cpus_per_trial: float
-    catalog_size: int
     # One latency profile per architecture, measured by the driver before the trials (never by a busy
     # trial): every trial, baseline and table of the run uses these figures.
     latency: dict = field(default_factory=dict)
@@ -107,12 +106,13 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
         metrics.pop("n_users", None)
         tune.report({**metrics, **fixed, "final": False})
 
+    precision = precision_of(config)
     student, result = distill(
         knowledge.model(), knowledge.topn, split.train, split.valid, dim, loss, seed=settings.seed,
-        k=settings.k, device=device, valid_users=settings.valid_users, on_epoch=report_epoch, **fit_kwargs,
+        k=settings.k, device=device, valid_users=settings.valid_users, on_epoch=report_epoch,
+        rescore_best=precision == "fp32", **fit_kwargs,  # a quantised student is scored below instead
     )
     best = result.best_metrics
-    precision = precision_of(config)
     if precision != "fp32":
         # Trained in float32, served quantised: the reported metrics are those of the quantised weights.
         student = quantize(student.cpu(), precision)

@@ -156,6 +156,18 @@ def _relocate_generator(fs: pyarrow.fs.FileSystem, root: str, name: str, data: b
     log.info("search generator moved from %s/%s to %s", storage.storage_fs_path, storage.experiment_dir_name, root)
 
 
+def saved_trial_ids(experiment_path: str) -> set[str]:
+    """The ids of the trials in the experiment's newest saved trial table (``experiment_state-*.json``),
+    read from that one file rather than from every trial's results."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path)
+    for name in _newest(fs, root):
+        if name.startswith("experiment_state-"):
+            with fs.open_input_stream(f"{root}/{name}") as f:
+                table = json.loads(f.readall())
+            return {json.loads(trial)["trial_id"] for trial, _runtime in table["trial_data"]}
+    return set()
+
+
 def prepare_resume(experiment_path: str, run_dir: Path) -> None:
     """Make the experiment directory's newest state files intact before Tune restores from them.
 

@@ -311,9 +311,9 @@ def pools(monkeypatch):
     return drawn
 
 
-def uninteresting_by_hand(u: int, pool: list[int], topn: list[list[int]], seen=()) -> list[float]:
-    """User u's uninteresting scores: the pool's draws outside its top-N and its positives, repeats kept."""
-    return [S[u][j] for j in pool if j not in topn[u] and (u, j) not in seen]
+def uninteresting_by_hand(u: int, pool: list[int], topn: list[list[int]]) -> list[float]:
+    """User u's uninteresting scores: the pool's draws outside its top-N, repeats kept."""
+    return [S[u][j] for j in pool if j not in topn[u]]
 
 
 def test_rrd_loss_hand(pools):
@@ -330,17 +330,23 @@ def test_rrd_loss_hand(pools):
     close(loss, (1 - a) * BPR + a * (u0 + u1) / 2)
 
 
+def identity_experts(scale: float) -> DistillationExperts:
+    """Two identical experts per side, x -> scale * relu(x) (dim 2): whichever the selection picks, the
+    map is known."""
+    extra = DistillationExperts(2, 2, n_experts=2)
+    with torch.no_grad():
+        for s in (extra.user, extra.item):
+            s.w1.copy_(torch.eye(2).expand(2, 2, 2))
+            s.w2.copy_(scale * torch.eye(2).expand(2, 2, 2))
+            s.b1.zero_()
+            s.b2.zero_()
+    return extra
+
+
 def test_de_loss_hand():
     # two identical experts x -> 2 relu(x): whichever the selection picks, the map is known
     a = 0.5
-    extra = DistillationExperts(2, 2, n_experts=2)
-    with torch.no_grad():
-        extra.user.w1.copy_(torch.eye(2).expand(2, 2, 2))
-        extra.item.w1.copy_(torch.eye(2).expand(2, 2, 2))
-        for s in (extra.user, extra.item):
-            s.b1.zero_()
-            s.b2.zero_()
-            s.w2.copy_(2 * torch.eye(2).expand(2, 2, 2))
+    extra = identity_experts(2.0)
     ctx = hand_ctx(extra=extra)
     # student users are one-hot -> experts give 2 e_u; the teacher's user embeddings are one-hot too
     user_term = ((2 - 1) ** 2 + 0 + 0 + (2 - 1) ** 2) / 2
@@ -379,13 +385,7 @@ def test_per_user_terms_count_each_distinct_user_once(pools):
 
 def test_de_items_are_the_distinct_items_of_the_batch():
     # identity experts (x -> relu(x), w2 = I): items 0..3 all appear, item 0 three times as a positive
-    extra = DistillationExperts(2, 2, n_experts=2)
-    with torch.no_grad():
-        for s in (extra.user, extra.item):
-            s.w1.copy_(torch.eye(2).expand(2, 2, 2))
-            s.w2.copy_(torch.eye(2).expand(2, 2, 2))
-            s.b1.zero_()
-            s.b2.zero_()
+    extra = identity_experts(1.0)
     ctx = repeated_ctx([[1, 2, 3], [0, 1, 3]])
     ctx.extra = extra
     user_term = (0 + 0) / 2  # one-hot student users map exactly onto one-hot teacher users

@@ -93,7 +93,6 @@ def test_search_exports_a_consistent_front(finished_run):
             key = f"dim={int(row['dim'])},precision={row['precision']}"
             assert row["latency_ms"] == pytest.approx(after[key]["latency_ms"], rel=1e-12)
     # every row says its precision and its size at that precision
-    finished = trials[trials["outcome"] == "finished"]
     assert set(finished["precision"]) <= {"fp32", "int8"} and set(front["precision"]) <= {"fp32", "int8"}
     for _, row in finished.iterrows():
         fp32_bytes = (300 + 400) * (int(row["dim"]) + 1) * 4

@@ -84,10 +84,15 @@ def test_best_trials_are_the_pareto_front(tmp_path, candidates, space, errored):
     assert len(study.best_trials) == len(expected)
 
 
-def test_values_params_and_distributions_round_trip(tmp_path, candidates, space):
-    study = _open(write_study(tmp_path / STUDY_FILE, candidates, OBJ, space))
-    trials = _by_id(study)
-    assert len(study.trials) == len(candidates)
+@pytest.fixture
+def written(tmp_path, candidates, space):
+    """The study ``write_study`` writes for ``candidates``, opened."""
+    return _open(write_study(tmp_path / STUDY_FILE, candidates, OBJ, space))
+
+
+def test_values_params_and_distributions_round_trip(written, candidates, space):
+    trials = _by_id(written)
+    assert len(written.trials) == len(candidates)
     for row in candidates.to_dict("records"):
         trial = trials[row["trial_id"]]
         if math.isnan(row["latency_ms"]):
@@ -106,17 +111,16 @@ def test_values_params_and_distributions_round_trip(tmp_path, candidates, space)
     assert trials["t0"].distributions["dim"] == CategoricalDistribution([4, 8, 16, 32])
 
 
-def test_conditional_params_only_where_active(tmp_path, candidates, space):
-    study = _open(write_study(tmp_path / STUDY_FILE, candidates, OBJ, space))
-    trials = _by_id(study)
+def test_conditional_params_only_where_active(written, candidates, space):
+    trials = _by_id(written)
     for row in candidates[candidates["kind"] == "distilled"].to_dict("records"):
         assert list(trials[row["trial_id"]].params) == space.active_params(row)
     assert set(trials["t4"].params) == {"lr", "dim", "alpha", "loss", "rrd_k", "rrd_l", "rrd_lambda"}
     assert "T" not in trials["t2"].params and "T" not in trials["t2"].user_attrs
 
 
-def test_plain_students_marked_with_space_distributions(tmp_path, candidates, space):
-    trials = _by_id(_open(write_study(tmp_path / STUDY_FILE, candidates, OBJ, space)))
+def test_plain_students_marked_with_space_distributions(written, space):
+    trials = _by_id(written)
     for tid in ("plain-dim4", "plain-dim16"):
         t = trials[tid]
         assert t.state == TrialState.COMPLETE
@@ -128,8 +132,8 @@ def test_plain_students_marked_with_space_distributions(tmp_path, candidates, sp
     assert trials["t0"].user_attrs["kind"] == "distilled"
 
 
-def test_user_attributes(tmp_path, candidates, space):
-    trials = _by_id(_open(write_study(tmp_path / STUDY_FILE, candidates, OBJ, space)))
+def test_user_attributes(written):
+    trials = _by_id(written)
     assert trials["t0"].user_attrs["test_recall"] == 0.14
     assert trials["t0"].user_attrs["epochs_run"] == 12
     assert trials["t1"].user_attrs["stopped_early"] is True

@@ -25,5 +25,5 @@ def test_restored_finished_trial_reports_its_saved_result_without_training(tmp_p
     monkeypatch.setattr(tune, "report", report)
     monkeypatch.setattr(trainable, "distill", lambda *a, **k: pytest.fail("a finished trial was trained again"))
     trainable.train_student({"loss": "bpr", "dim": 4, "lr": 0.01}, knowledge=None, split=None,
-                            settings=trainable.TrialSettings(k=20, seed=0, cpus_per_trial=1, catalog_size=7))
+                            settings=trainable.TrialSettings(k=20, seed=0, cpus_per_trial=1))
     assert reported == [(metrics, MF(5, 7, 4).arch())]

@@ -6,7 +6,7 @@ import pickle
 import pytest
 
 from kdtune.cli import UsageError
-from kdtune.tunestate import SNAPSHOT, intact, prepare_resume, read_snapshot, write_snapshot
+from kdtune.tunestate import SNAPSHOT, intact, prepare_resume, read_snapshot, saved_trial_ids, write_snapshot
 
 SESSION = "2026-01-02_03-04-05"
 
@@ -79,6 +79,17 @@ def test_resume_from_intact_storage_without_snapshot_changes_nothing(tmp_path):
     before = {p.name: p.read_bytes() for p in experiment.iterdir()}
     prepare_resume(str(experiment), run)
     assert {p.name: p.read_bytes() for p in experiment.iterdir()} == before
+
+
+def test_saved_trial_ids_come_from_the_newest_trial_table(tmp_path):
+    experiment = tune_files(tmp_path / "search")
+    # Tune's layout: one [trial JSON, runtime JSON] pair per trial
+    table = {"trial_data": [[json.dumps({"trial_id": t, "config": {}}), "{}"] for t in ("a1", "b2")]}
+    (experiment / "experiment_state-2026-01-02_09-00-00.json").write_text(json.dumps(table))
+    assert saved_trial_ids(str(experiment)) == {"a1", "b2"}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert saved_trial_ids(str(empty)) == set()
 
 
 def test_resume_points_the_search_generator_at_a_moved_run(tmp_path):

@@ -21,6 +21,7 @@ from kdtune.errors import DataError
 
 FORMATS = ("movielens", "citeulike", "csv", "tsv", "parquet")
 TABLE_FORMATS = ("csv", "tsv", "parquet")
+_SEP = {"csv": ",", "tsv": "\t"}
 
 
 def _check_file(path: str | os.PathLike) -> Path:
@@ -30,12 +31,21 @@ def _check_file(path: str | os.PathLike) -> Path:
     return path
 
 
+def _cannot_read(path: Path, exc: OSError) -> DataError:
+    return DataError(f"could not read {path}: {exc.strerror or exc}")
+
+
+def _not_a_table(path: Path, fmt: str, exc: Exception) -> DataError:
+    reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+    return DataError(f"could not read {path} as {fmt}: {reason}")
+
+
 def _first_line(path: Path) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.readline()
     except OSError as exc:
-        raise DataError(f"could not read {path}: {exc.strerror or exc}") from exc
+        raise _cannot_read(path, exc) from exc
 
 
 def _keep_rated(
@@ -84,7 +94,7 @@ def load_movielens(path: str | os.PathLike, min_rating: float | None = 4.0) -> I
         df = pd.read_csv(source, sep="," if layout == "csv" else "\t", header=header, usecols=[0, 1, 2, 3])
         cols = df.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     except OSError as exc:
-        raise DataError(f"could not read {path}: {exc.strerror or exc}") from exc
+        raise _cannot_read(path, exc) from exc
     except (ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: malformed MovieLens file ({str(exc).splitlines()[0]})") from exc
     if np.isnan(cols).any():
@@ -105,7 +115,7 @@ def load_citeulike(path: str | os.PathLike) -> Interactions:
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as exc:
-        raise DataError(f"could not read {path}: {exc.strerror or exc}") from exc
+        raise _cannot_read(path, exc) from exc
     users_out, items_out = [], []
     for lineno, line in enumerate(lines, start=1):
         fields = line.split()
@@ -144,18 +154,14 @@ def load_table(
     seconds since the epoch). ``min_rating`` needs ``rating_col``.
     """
     path = _check_file(path)
-    if fmt not in ("csv", "tsv", "parquet"):
+    if fmt not in TABLE_FORMATS:
         raise DataError(f"unknown table format {fmt!r} (expected csv, tsv or parquet)")
     if min_rating is not None and rating_col is None:
         raise DataError("min_rating needs rating_col (the column holding the ratings)")
     try:
-        if fmt == "parquet":
-            df = pd.read_parquet(path)
-        else:
-            df = pd.read_csv(path, sep="," if fmt == "csv" else "\t")
+        df = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path, sep=_SEP[fmt])
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
-        reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
-        raise DataError(f"could not read {path} as {fmt}: {reason}") from exc
+        raise _not_a_table(path, fmt, exc) from exc
     for col in (user_col, item_col, rating_col, timestamp_col):
         if col is not None and col not in df.columns:
             raise DataError(f"{path}: no column {col!r} (columns found: {', '.join(map(str, df.columns))})")
@@ -190,10 +196,9 @@ def _table_columns(path: Path, fmt: str) -> list[str]:
             import pyarrow.parquet as pq
 
             return list(pq.read_schema(path).names)
-        return [str(c) for c in pd.read_csv(path, sep="," if fmt == "csv" else "\t", nrows=0).columns]
+        return [str(c) for c in pd.read_csv(path, sep=_SEP[fmt], nrows=0).columns]
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
-        reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
-        raise DataError(f"could not read {path} as {fmt}: {reason}") from exc
+        raise _not_a_table(path, fmt, exc) from exc
 
 
 def _short_name(path: Path) -> str:

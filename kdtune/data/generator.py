@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import typing
+
 import numpy as np
 
 from kdtune.data.interactions import Interactions
@@ -92,13 +95,9 @@ def synthetic(
     )
 
 
-_SYNTHETIC_KEYS = {
-    "users": "n_users", "n_users": "n_users", "items": "n_items", "n_items": "n_items", "dim": "dim",
-    "topics": "topics", "topics_per_user": "topics_per_user", "noise": "noise", "mean_items": "mean_items",
-    "activity_sigma": "activity_sigma", "popularity_exponent": "popularity_exponent", "affinity": "affinity",
-    "seed": "seed",
-}
-_INT_KEYS = {"n_users", "n_items", "dim", "topics", "topics_per_user", "seed"}
+# the options are `synthetic`'s parameters (plus two short names), typed as it declares them
+_SYNTHETIC_KEYS = {"users": "n_users", "items": "n_items", **{p: p for p in inspect.signature(synthetic).parameters}}
+_INT_KEYS = {p for p, t in typing.get_type_hints(synthetic).items() if t in (int, int | None)}
 
 
 def parse_synthetic_spec(spec: str, seed: int) -> dict:
