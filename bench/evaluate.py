@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdtune.data import Interactions  # noqa: E402
-from kdtune.evaluate import evaluate  # noqa: E402
-from kdtune.models import MF  # noqa: E402
+from kdtune.model.mf import MF  # noqa: E402
+from kdtune.train.evaluate import evaluate  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/citeulike-a/users.dat"
 

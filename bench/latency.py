@@ -1,8 +1,8 @@
 """Benchmark of serving precision: fp32 vs bf16 vs fp16 vs int8, scoring + top-K on one thread.
 
 For each catalogue size (CiteULike-a's 16,980 items, the built-in synthetic data's ~3,000, and 1M),
-every architecture ``(dim, precision)`` is timed with ``kdtune.latency.profile_interleaved``: all of
-them together, in interleaved shuffled rounds, with the serving kernels of ``kdtune.quantize``. The
+every architecture ``(dim, precision)`` is timed with ``kdtune.serving.interleaved.profile_interleaved``: all of
+them together, in interleaved shuffled rounds, with the serving kernels of ``kdtune.model.quantized``. The
 table gives medians of the round medians, their interquartile range, and ratios against fp32 at the
 same dim, all measured in the same process and the same rounds. Ratios drift much less than absolute
 times when the machine's speed changes.
@@ -29,11 +29,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdtune import data as kd_data  # noqa: E402
-from kdtune.evaluate import evaluate  # noqa: E402
-from kdtune.latency import arch_key, order_contradictions, profile_interleaved  # noqa: E402
-from kdtune.models import MF  # noqa: E402
-from kdtune.quantize import PRECISIONS, quantize  # noqa: E402
-from kdtune.train import fit  # noqa: E402
+from kdtune.model.mf import MF  # noqa: E402
+from kdtune.model.quantized import PRECISIONS, quantize  # noqa: E402
+from kdtune.serving.arch import arch_key  # noqa: E402
+from kdtune.serving.interleaved import order_contradictions, profile_interleaved  # noqa: E402
+from kdtune.train.evaluate import evaluate  # noqa: E402
+from kdtune.train.fit import fit  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/citeulike-a/users.dat"
 

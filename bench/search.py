@@ -29,9 +29,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kdtune import pareto  # noqa: E402
-from kdtune.search import main as search_main  # noqa: E402
-from kdtune.trainable import arch_of  # noqa: E402
+from kdtune.cli.search import main as search_main  # noqa: E402
+from kdtune.search import pareto  # noqa: E402
+from kdtune.serving.arch import arch_of  # noqa: E402
 
 CONFIGS = {
     "tpe, full budget": ["--sampler", "tpe", "--scheduler", "none"],

@@ -34,12 +34,12 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdtune.data import Interactions, load, split  # noqa: E402
-from kdtune.experts import _ExpertSet  # noqa: E402
+from kdtune.data.sampler import BPRSampler  # noqa: E402
 from kdtune.losses import get_loss  # noqa: E402
-from kdtune.models import MF  # noqa: E402
-from kdtune.sampling import BPRSampler  # noqa: E402
-from kdtune.teacher import compute_topn  # noqa: E402
-from kdtune.train import OPTIMIZERS, make_optimizer, make_step, train_epoch  # noqa: E402
+from kdtune.losses.experts import _ExpertSet  # noqa: E402
+from kdtune.model.mf import MF  # noqa: E402
+from kdtune.train.fit import OPTIMIZERS, make_optimizer, make_step, train_epoch  # noqa: E402
+from kdtune.train.teacher import compute_topn  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/citeulike-a/users.dat"
 

@@ -22,11 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdtune.data import load, split  # noqa: E402
-from kdtune.evaluate import evaluate, sample_users  # noqa: E402
+from kdtune.data.sampler import BPRSampler  # noqa: E402
 from kdtune.losses import get_loss  # noqa: E402
-from kdtune.models import MF  # noqa: E402
-from kdtune.sampling import BPRSampler  # noqa: E402
-from kdtune.train import make_optimizer, make_step, train_epoch  # noqa: E402
+from kdtune.model.mf import MF  # noqa: E402
+from kdtune.train.evaluate import evaluate, sample_users  # noqa: E402
+from kdtune.train.fit import make_optimizer, make_step, train_epoch  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/citeulike-a/users.dat"
 

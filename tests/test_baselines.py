@@ -1,6 +1,6 @@
 import pandas as pd
 
-from kdtune.baselines import behind_plain
+from kdtune.report.front import behind_plain
 
 
 def test_a_distilled_student_must_beat_the_plain_one_of_its_size_on_every_metric():

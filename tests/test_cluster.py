@@ -65,8 +65,8 @@ def test_a_stale_record_of_a_dead_cluster():
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "is not running" in errors[0] and "Traceback" not in proc.stderr
     # without --address the search starts a Ray of its own and never looks at the record
-    code = ("from kdtune.cluster import start_ray\nfrom kdtune.search import SearchArgs\nimport ray\n"
-            "assert start_ray(SearchArgs(dashboard_port=0))\nprint(ray.cluster_resources()['CPU'])\nray.shutdown()\n")
+    code = ("from kdtune.search.cluster import start_ray\nfrom kdtune.config import SearchSettings\nimport ray\n"
+            "assert start_ray(SearchSettings(dashboard_port=0))\nprint(ray.cluster_resources()['CPU'])\nray.shutdown()\n")
     t0 = time.perf_counter()
     own = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, **env})

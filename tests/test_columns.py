@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from kdtune import data as D
-from kdtune.cli import DataArgs, prepare_data, run_cli
-from kdtune.compare import main as compare_main
-from kdtune.data import DataError
+from kdtune.cli import run_cli
+from kdtune.cli.compare import main as compare_main
+from kdtune.config import DataSettings
+from kdtune.data import DataError, prepare
 
 # Last.fm's user_artists.dat layout: play counts as the weight.
 LASTFM = pd.DataFrame({"userID": [2, 2, 2, 3, 3, 4, 4, 4],
@@ -104,9 +105,9 @@ def test_columns_refused_for_headerless_formats(tmp_path: Path) -> None:
 
 
 def test_prepare_data_passes_columns(lastfm: Path, tmp_path: Path) -> None:
-    args = DataArgs(data=str(lastfm), columns="user=userID,item=artistID", min_rating=10, k=2,
+    args = DataSettings(data=str(lastfm), columns="user=userID,item=artistID", min_rating=10, k=2,
                     cache_dir=str(tmp_path / "cache"))
-    data, parts = prepare_data(args)
+    data, parts = prepare(args)
     assert data.nnz == 4 and parts.train.nnz + parts.valid.nnz + parts.test.nnz == 4
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from kdtune.cli import run_cli
-from kdtune.compare import main
+from kdtune.cli.compare import main
 
 TINY = ["--data", "synthetic:users=200,items=300", "--epochs", "2", "--student-dim", "4", "--teacher-dim", "8"]
 

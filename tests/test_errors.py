@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from kdtune import cli, data, errors, space
+from kdtune import cli, data, errors
 from kdtune.cli import run_cli
 from kdtune.errors import DataError, KdtuneError, SpaceError, UsageError
+from kdtune.search import spacefile as space
 
 
 @pytest.mark.parametrize("cls", [DataError, SpaceError, UsageError])

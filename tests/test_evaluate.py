@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from kdtune.data import Interactions
-from kdtune.evaluate import Popularity, evaluate
-from kdtune.models import MF
+from kdtune.model.mf import MF
+from kdtune.train.evaluate import Popularity, evaluate
 
 
 class FixedScores:

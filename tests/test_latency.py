@@ -9,19 +9,12 @@ import time
 import pytest
 import torch
 
-from kdtune import latency
-from kdtune import quantize as qz
-from kdtune.latency import (
-    LatencyResult,
-    analytic_cost,
-    arch_key,
-    measure,
-    order_contradictions,
-    parse_arch,
-    profile,
-    profile_interleaved,
-)
-from kdtune.models import MF
+from kdtune.model import quantized as qz
+from kdtune.model.mf import MF
+from kdtune.serving import timing as latency
+from kdtune.serving.arch import arch_key, parse_arch
+from kdtune.serving.interleaved import order_contradictions, profile_interleaved
+from kdtune.serving.timing import LatencyResult, analytic_cost, measure, profile
 
 
 @pytest.fixture(autouse=True)

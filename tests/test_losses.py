@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kdtune.data import Interactions
-from kdtune.experts import _ExpertSet
+from kdtune.data.sampler import PositiveSet
 from kdtune.losses import (
     LOSSES,
     DistillationExperts,
@@ -29,10 +29,10 @@ from kdtune.losses import (
     soft_bce_term,
     sorted_topn_of,
 )
-from kdtune.models import MF
-from kdtune.optim import TableAdamW
-from kdtune.sampling import PositiveSet
-from kdtune.train import make_step
+from kdtune.losses.experts import _ExpertSet
+from kdtune.model.mf import MF
+from kdtune.train.fit import make_step
+from kdtune.train.optim import TableAdamW
 
 # Score tables [n_users=2, n_items=4] for the hand-computed cases.
 S = [[2.0, 1.0, 0.0, -1.0], [0.5, -0.5, 1.5, 3.0]]
@@ -297,7 +297,7 @@ def test_cd_loss_hand():
 @pytest.fixture
 def pools(monkeypatch):
     """The shared uninteresting pools rrd draws (each batch's), recorded as the loss draws them."""
-    from kdtune import losses
+    from kdtune.losses import ranking as losses
 
     drawn = []
     real = losses.shared_uninteresting
@@ -418,8 +418,8 @@ def test_rrd_term_valid_mask_hand():
 
 
 def test_shared_uninteresting_pool_is_valid_only_outside_top_n_and_positives(monkeypatch):
-    from kdtune import kd_sampling
-    from kdtune.kd_sampling import shared_uninteresting
+    from kdtune.losses import draws as kd_sampling
+    from kdtune.losses.draws import shared_uninteresting
 
     g = torch.Generator().manual_seed(5)
     n_users, n_items = 5, 30

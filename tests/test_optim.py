@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from kdtune.models import MF
-from kdtune.optim import TableAdamW, gather_rows
-from kdtune.train import make_optimizer, scheduled_lr
+from kdtune.model.mf import MF
+from kdtune.train.fit import make_optimizer, scheduled_lr
+from kdtune.train.optim import TableAdamW, gather_rows
 
 LR, WD, B1, B2, EPS = 0.1, 0.5, 0.9, 0.999, 1e-8
 

@@ -8,14 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdtune.pareto import (
+from kdtune.report.tables import plot_front, write_front
+from kdtune.search.pareto import (
     default_reference,
     hypervolume,
     hypervolume_2d,
     non_dominated,
     pareto_front,
-    plot_front,
-    write_front,
 )
 
 OBJ = {"recall@20": "max", "latency_ms": "min"}

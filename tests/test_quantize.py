@@ -7,11 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from kdtune import quantize as qz
 from kdtune.data import Interactions
-from kdtune.evaluate import evaluate
-from kdtune.models import MF
-from kdtune.quantize import PRECISIONS, QuantizedMF, dequantize, dequantize_rows, quantize, quantize_rows
+from kdtune.model.mf import MF
+from kdtune.model.quantized import (
+    PRECISIONS,
+    QuantizedMF,
+    dequantize,
+    dequantize_rows,
+    quantize,
+    quantize_rows,
+)
+from kdtune.model.store import load_model, save_model
+from kdtune.train.evaluate import evaluate
 
 # Unit roundoff of the 16-bit floats (half an ulp at 1.0).
 _EPS16 = {"bf16": 2.0**-8, "fp16": 2.0**-11}
@@ -150,10 +157,10 @@ def test_quantised_scores_differ_from_the_float_model():
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_save_load_round_trip(tmp_path, precision):
     q = quantize(trained_like(), precision)
-    qz.save(q, tmp_path / "student.pt")
+    save_model(q, tmp_path)
     state = torch.load(tmp_path / "student.pt", weights_only=True)
     assert state["precision"] == precision
-    back = qz.load(tmp_path / "student.pt")
+    back = load_model(tmp_path)
     assert isinstance(back, QuantizedMF) and back.arch() == q.arch()
     for key, value in q.state_dict().items():
         assert (

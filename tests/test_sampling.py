@@ -1,7 +1,7 @@
 import torch
 
 from kdtune.data import Interactions, synthetic
-from kdtune.sampling import BPRSampler, PositiveSet
+from kdtune.data.sampler import BPRSampler, PositiveSet
 
 
 def dense_data() -> Interactions:
@@ -52,7 +52,7 @@ def test_sorted_key_fallback_matches_bitmap(monkeypatch):
     users = torch.randint(0, 50, (2000,))
     items = torch.randint(0, 40, (2000,))
     expected = PositiveSet(data).contains(users, items)
-    monkeypatch.setattr("kdtune.sampling.MAX_BITMAP_CELLS", 0)
+    monkeypatch.setattr("kdtune.data.sampler.MAX_BITMAP_CELLS", 0)
     fallback = PositiveSet(data)
     assert fallback.bitmap is None
     assert torch.equal(fallback.contains(users, items), expected)

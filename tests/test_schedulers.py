@@ -9,15 +9,9 @@ import pickle
 import numpy as np
 import pytest
 
-from kdtune.rungs import (
-    epsilon_net_order,
-    nondominated_sort,
-    priority_rank,
-    promote,
-    rung_milestones,
-    to_minimisation,
-)
-from kdtune.schedulers import CONTINUE, STOP, ParetoASHA
+from kdtune.search.pareto import nondominated_sort, to_minimisation
+from kdtune.search.rungs import epsilon_net_order, priority_rank, promote, rung_milestones
+from kdtune.search.scheduler import CONTINUE, STOP, ParetoASHA
 
 OBJ = {"recall@20": "max", "latency_ms": "min"}
 NAN = math.nan
@@ -273,11 +267,8 @@ def test_a_restore_relocates_the_state_and_forgets_trials_the_search_lost(tmp_pa
     s.decide("a", _res(1, 0.3, 1.0))
     s.decide("ghost", _res(1, 0.5, 0.5))  # reached a rung after Tune's last save: the restore lost it
     old.rename(new)  # the run directory moved
-    try:
-        ParetoASHA.relocate(new, known_trials={"a"})
-        restored = pickle.loads(frozen)
-    finally:
-        ParetoASHA.relocate(None)
+    restored = pickle.loads(frozen)
+    restored.relocate(new, known_trials={"a"})
     assert restored._state_path == str(new / "asha.json")
     assert restored.stats()["rungs"][0]["recorded"] == 1
     assert set(json.loads((new / "asha.json").read_text())["rungs"][0]) == {"a"}

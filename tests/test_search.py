@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdtune import pareto
 from kdtune.cli import run_cli
-from kdtune.search import main
-from kdtune.space import load_space
+from kdtune.cli.search import main
+from kdtune.search import pareto
+from kdtune.search.spacefile import load_space
 
 DATA = "synthetic:users=300,items=400"
 COMMON = ["--space", "smoke", "--data", DATA, "--teacher-epochs", "3", "--grace-epochs", "1", "--concurrency", "2"]
@@ -98,7 +98,7 @@ def test_search_exports_a_consistent_front(finished_run):
         fp32_bytes = (300 + 400) * (int(row["dim"]) + 1) * 4
         assert row["bytes"] == fp32_bytes if row["precision"] == "fp32" else row["bytes"] < fp32_bytes
     # the run's Optuna study: its best trials are the exported front
-    from kdtune.study import load_study
+    from kdtune.report.study import load_study
 
     study = load_study(out)
     assert sorted(t.user_attrs["trial_id"] for t in study.best_trials) == sorted(front["trial_id"])
@@ -129,7 +129,7 @@ def test_every_epoch_reaches_tune(finished_run):
 def test_a_copied_run_exports_and_a_lost_teacher_is_refused(finished_run, tmp_path, capsys):
     import shutil
 
-    from kdtune.export import main as export_main
+    from kdtune.cli.export import main as export_main
 
     out, _ = finished_run
     copy = tmp_path / "copied"
@@ -154,7 +154,7 @@ def test_second_identical_run_loads_the_teacher(finished_run, cache, tmp_path):
 
 
 def test_export_rewrites_the_tables(finished_run, cache):
-    from kdtune.export import main as export_main
+    from kdtune.cli.export import main as export_main
 
     out, _ = finished_run
     before = pd.read_csv(out / "pareto.csv")
@@ -299,3 +299,33 @@ def test_diverging_trial_is_recorded_and_the_search_goes_on(ray_cluster, cache, 
     assert run["experiment_path"] == f"{storage}/search" and not (out / "ray").exists()
     for weights in pd.read_csv(out / "pareto.csv")["weights"]:
         assert (out / weights / "student.pt").exists()
+
+
+def test_help_shows_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare as one line
+    assert "(default: 50)" in text and "(default: 50) (default: 50)" not in text
+    for option in text.split(" --")[1:]:
+        assert option.count("(default:") <= 1, option
+
+
+def test_unknown_storage_scheme_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "kdtune.search", "--storage", "bogus://nowhere/x", "--data", DATA,
+                           "--out", str(tmp_path / "x"), "--space", "smoke"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().startswith("error: --storage bogus://nowhere/x: unknown filesystem 'bogus'")
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_the_summary_is_the_last_output_of_a_search(ray_cluster, cache, tmp_path):
+    cmd = [sys.executable, "-m", "kdtune.search", "--trials", "2", "--out", str(tmp_path / "run"), "--cache-dir",
+           cache, "--address", ray_cluster, *COMMON]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"Files in {tmp_path / 'run'}: "), lines[-5:]
+    table = next(i for i, line in enumerate(lines) if line.startswith("Pareto front of "))
+    # after the front's title: its table, the note on small catalogues and the file list, nothing of Ray's
+    assert all(line.startswith(("|", "At ", "barely", "Files in")) for line in lines[table + 1:]), lines[table:]

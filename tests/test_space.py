@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from kdtune.losses import LOSSES
-from kdtune.space import (
+from kdtune.search.spacefile import (
     MODEL_KEYS,
     TRAIN_KEYS,
     SearchSpace,

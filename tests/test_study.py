@@ -14,9 +14,9 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from kdtune.pareto import pareto_front
-from kdtune.space import Param, SearchSpace, load_space
-from kdtune.study import STUDY_FILE, distribution, load_study, write_study
+from kdtune.report.study import STUDY_FILE, distribution, load_study, write_study
+from kdtune.search.pareto import pareto_front
+from kdtune.search.spacefile import Param, SearchSpace, load_space
 
 OBJ = {"recall@20": "max", "latency_ms": "min"}
 NaN = float("nan")
@@ -235,7 +235,7 @@ def test_generic_params_of_any_type(tmp_path):
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path, candidates, space, monkeypatch):
-    import kdtune.study
+    import kdtune.report.study
 
     path = write_study(tmp_path / STUDY_FILE, candidates, OBJ, space)
     before = path.read_bytes()
@@ -245,7 +245,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path, candidates, space, monke
             f.write("partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(kdtune.study, "_write_journal", crash)
+    monkeypatch.setattr(kdtune.report.study, "_write_journal", crash)
     with pytest.raises(OSError, match="disk full"):
         write_study(path, candidates.iloc[:2], OBJ, space)
     assert path.read_bytes() == before

@@ -7,17 +7,16 @@ import pytest
 import torch
 
 from kdtune.data import split, synthetic
-from kdtune.evaluate import Popularity, evaluate
-from kdtune.models import MF
-from kdtune.teacher import (
+from kdtune.model.mf import MF
+from kdtune.train.evaluate import Popularity, evaluate
+from kdtune.train.fit import DivergedError, distill, fit
+from kdtune.train.teacher import (
     CACHE_FORMAT,
     TeacherSettings,
     cache_key,
     compute_topn,
     get_teacher,
-    settings_from_record,
 )
-from kdtune.train import DivergedError, distill, fit
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +57,7 @@ def test_teacher_cache_hit_trains_nothing(parts, teacher, tmp_path_factory, monk
     cache = tmp_path_factory.mktemp("cache2")
     settings = TeacherSettings(dim=8, epochs=2, patience=2)
     first = get_teacher(parts, settings, cache_dir=cache, progress=False)
-    monkeypatch.setattr("kdtune.teacher.train_teacher", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr("kdtune.train.teacher.train_teacher", lambda *a, **k: pytest.fail("trained again"))
     second = get_teacher(parts, settings, cache_dir=cache, progress=False)
     assert second.from_cache and not first.from_cache
     assert torch.equal(first.topn, second.topn)
@@ -66,18 +65,15 @@ def test_teacher_cache_hit_trains_nothing(parts, teacher, tmp_path_factory, monk
         assert torch.equal(value, second.state[name])
 
 
-def test_settings_added_later_keep_older_teachers_and_runs_valid(parts):
-    # A run recorded before lr_schedule/optimizer existed trained with a constant rate and dense AdamW:
-    # its record must rebuild exactly that, under the cache key it had then.
-    old = {"dim": 64, "epochs": 150, "lr": 0.005, "weight_decay": 0.2, "batch_size": 4096, "patience": 8,
-           "topn": 100, "k": 20, "seed": 0}
-    settings = settings_from_record(old)
-    assert (settings.lr_schedule, settings.optimizer) == ("constant", "dense")
-    payload = json.dumps({"format": CACHE_FORMAT, "split": parts.fingerprint(), "settings": old}, sort_keys=True)
+def test_cache_key_covers_every_teacher_setting(parts):
+    settings = TeacherSettings()
+    payload = json.dumps({"format": CACHE_FORMAT, "split": parts.fingerprint(),
+                          "settings": dataclasses.asdict(settings)}, sort_keys=True)
     assert cache_key(parts, settings) == hashlib.sha256(payload.encode()).hexdigest()[:20]
-    # Today's defaults are another teacher, and a recorded new-style run round-trips.
-    assert cache_key(parts, TeacherSettings()) != cache_key(parts, settings)
-    assert settings_from_record(dataclasses.asdict(TeacherSettings())) == TeacherSettings()
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        other = dataclasses.replace(settings, **{f.name: value + "x" if isinstance(value, str) else value + 1})
+        assert cache_key(parts, other) != cache_key(parts, settings), f.name
 
 
 def test_topn_masks_training_items_and_is_sorted(parts, teacher):
@@ -113,7 +109,7 @@ def test_fit_is_deterministic_and_restores_best(parts, optimizer):
 
 
 def test_signal_users_are_a_fixed_sample_and_all_means_all(parts):
-    from kdtune.evaluate import sample_users
+    from kdtune.train.evaluate import sample_users
 
     first, again = sample_users(parts.valid, 50, seed=3), sample_users(parts.valid, 50, seed=3)
     assert torch.equal(first, again) and first.numel() == 50 and torch.all(first[1:] > first[:-1])
@@ -172,7 +168,7 @@ def test_distilling_needs_a_teacher(parts):
 
 @pytest.mark.parametrize("n_items", [1, 2, 4, 5, 30])
 def test_row_dot_gradients_match_finite_differences(n_items):
-    from kdtune.models import _RowDot
+    from kdtune.model.mf import _RowDot
 
     gen = torch.Generator().manual_seed(n_items)
     p = torch.randn(3, 4, dtype=torch.float64, generator=gen, requires_grad=True)

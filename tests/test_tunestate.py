@@ -5,8 +5,15 @@ import pickle
 
 import pytest
 
-from kdtune.cli import UsageError
-from kdtune.tunestate import SNAPSHOT, intact, prepare_resume, read_snapshot, saved_trial_ids, write_snapshot
+from kdtune.errors import UsageError
+from kdtune.search.tunestate import (
+    SNAPSHOT,
+    intact,
+    prepare_resume,
+    read_snapshot,
+    saved_trial_ids,
+    write_snapshot,
+)
 
 SESSION = "2026-01-02_03-04-05"
 

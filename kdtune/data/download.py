@@ -11,11 +11,11 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from kdtune.config import DEFAULT_CACHE_DIR
 from kdtune.errors import DataError
 
 MOVIELENS_FILES = ("u.data", "ratings.dat", "ratings.csv")  # ML-100K, ML-1M/10M, ML-latest/20M/25M
 MOVIELENS_BASE_URL = "https://files.grouplens.org/datasets/movielens"
-DEFAULT_CACHE_DIR = "~/.cache/kdtune"
 # SHA-256 of the official zips (as published in tensorflow_datasets' url_checksums/movielens.txt).
 MOVIELENS_SHA256: dict[str, str] = {
     "ml-100k": "50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",

@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdtune.config import SPLIT_METHODS
 from kdtune.data.interactions import Interactions, Split
 from kdtune.errors import DataError
-
-SPLIT_METHODS = ("random", "temporal")
 
 
 def split(

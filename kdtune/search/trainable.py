@@ -1,0 +1,115 @@
+"""The Ray Tune trainable (thin: distill -> report every epoch -> report the best epoch with its weights)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import ray
+import torch
+from ray import tune
+
+from kdtune.config import MODEL_KEYS, TRAIN_DEFAULTS, TrialSettings
+from kdtune.data.interactions import Split
+from kdtune.losses import get_loss
+from kdtune.model.quantized import quantize
+from kdtune.model.store import TeacherKnowledge, save_model
+from kdtune.serving.arch import arch_of, precision_of
+from kdtune.train.evaluate import evaluate
+from kdtune.train.fit import distill
+
+METRICS_FILE = "metrics.json"
+
+
+def split_config(config: dict) -> tuple[int, str, dict]:
+    """``(dim, loss, fit kwargs)`` from a trial config; unknown keys are an error, not silently ignored."""
+    loss = config["loss"]
+    spec = get_loss(loss)
+    fit_kwargs = {key: config.get(key, default) for key, default in TRAIN_DEFAULTS.items()}
+    fit_kwargs["lr"] = float(config["lr"])
+    fit_kwargs["alpha"] = float(config.get("alpha", 0.0))
+    fit_kwargs["T"] = float(config.get("T", 1.0))
+    loss_params = {key: value for key, value in config.items() if key in spec.params}
+    # Everything that is not a trainer setting or a model key must be a parameter of the chosen loss.
+    unknown = set(config) - set(TRAIN_DEFAULTS) - set(MODEL_KEYS) - set(loss_params)
+    if unknown:
+        raise ValueError(f"trial config has keys that loss {loss!r} does not take: {sorted(unknown)}")
+    fit_kwargs["loss_params"] = loss_params
+    return int(config["dim"]), loss, fit_kwargs
+
+
+def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, settings: TrialSettings) -> None:
+    """One trial: distil a student with ``config``, report every epoch, then the best epoch and its weights.
+
+    Each epoch's report carries the per-epoch validation signal (a fixed sample of validation users) and the
+    architecture's latency, so the dashboard shows learning curves and a scheduler can stop the trial at a
+    rung. The last report (``final: True``) carries the best epoch's metrics over all validation users and
+    the student's checkpoint; a trial stopped by the scheduler never sends it. A student searched at a
+    lower serving precision trains in float32 (its per-epoch signal is the float model's) and its final
+    metrics, weights and size are those of the quantised model.
+    """
+    done = tune.get_checkpoint()
+    if done is not None:
+        # The trial had finished and saved its student when the driver stopped before recording it:
+        # report what it measured rather than train it again.
+        with tempfile.TemporaryDirectory() as tmp:
+            done.to_directory(tmp)
+            tune.report(json.loads((Path(tmp) / METRICS_FILE).read_text()),
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
+            return
+    # A trial gets a share of the cores: more threads than that would fight the neighbouring trials.
+    torch.set_num_threads(max(1, int(settings.cpus_per_trial)))
+    gpu_ids = ray.get_gpu_ids()
+    device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
+    dim, loss, fit_kwargs = split_config(config)
+    lat = settings.latency.get(arch_of(config), {})
+    fixed = {
+        "latency_ms": lat.get("latency_ms"),
+        "latency_spread_ms": lat.get("latency_spread_ms"),
+    }
+
+    def report_epoch(row: dict) -> None:
+        # "loss" names the trial's distillation loss in its config: the training loss is "train_loss"
+        metrics = {("train_loss" if name == "loss" else name): value for name, value in row.items()}
+        metrics.pop("n_users", None)
+        tune.report({**metrics, **fixed, "final": False})
+
+    precision = precision_of(config)
+    student, result = distill(
+        knowledge.model(), knowledge.topn, split.train, split.valid, dim, loss, seed=settings.seed,
+        k=settings.k, device=device, valid_users=settings.valid_users, on_epoch=report_epoch,
+        rescore_best=precision == "fp32", **fit_kwargs,  # a quantised student is scored below instead
+    )
+    best = result.best_metrics
+    if precision != "fp32":
+        # Trained in float32, served quantised: the reported metrics are those of the quantised weights.
+        student = quantize(student.cpu(), precision)
+        best = evaluate(student, split.train, split.valid, ks=(settings.k,))
+    metrics = {**{name: value for name, value in best.items() if name != "n_users"}, "precision": precision,
+               "epoch": result.epochs_run, "train_loss": result.history[-1]["loss"] if result.history else None,
+               **fixed, "final": True, "params": student.n_params(), "bytes": student.n_bytes(),
+               **_fit_record(result), **_placement(device, gpu_ids)}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(student, Path(tmp))
+        (Path(tmp) / METRICS_FILE).write_text(json.dumps(metrics))
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _fit_record(result) -> dict:
+    """How the trial's training went (best epoch, stop, speed)."""
+    return {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "stopped_early": result.stopped_early,
+            "train_seconds": result.seconds, "triplets_per_s": result.triplets_per_s}
+
+
+def _placement(device: str, gpu_ids: list) -> dict:
+    """Where the trial ran: device, GPUs, node and process."""
+    return {
+        "device": device,
+        "gpu_ids": ",".join(str(g) for g in gpu_ids),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+        "node": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
+        "node_ip": ray.util.get_node_ip_address() if ray.is_initialized() else "",
+        "pid": os.getpid(),
+    }

@@ -1,0 +1,186 @@
+"""Latency of many architectures timed together, in interleaved rounds: one figure per architecture.
+
+Every consumer (search, export) uses the same measurement of the same architecture, so two students of
+one architecture can never be told apart by measurement noise. Each call is scoring + top-K with the
+serving kernel of :class:`kdtune.model.kernels.ItemIndex` on random tables (latency depends on shapes
+and precision, not on trained values).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from kdtune.model.kernels import ItemIndex
+from kdtune.serving.arch import arch_key, parse_arch
+from kdtune.serving.timing import analytic_cost
+
+
+def profile_interleaved(
+    archs: Iterable[int | str | Sequence[Any]],
+    n_items: int,
+    k: int = 20,
+    device: str = "cpu",
+    threads: int | None = 1,
+    rounds: int = 7,
+    runs: int = 50,
+    batch_sizes: tuple[int, ...] = (1, 256),
+    seed: int = 0,
+    max_seconds: float = 3.0,
+    warmup: int = 3,
+) -> dict[str, dict[str, Any]]:
+    """Latency of every architecture, timed together in interleaved rounds; keyed by ``arch_key``.
+
+    Each batch size gets ``max_seconds / len(batch_sizes)`` of timed work. After ``warmup`` calls per
+    architecture (the fastest estimates its cost), ``rounds`` rounds visit every architecture once, in
+    an order shuffled per round (seeded): a drift of the machine's speed then hits all architectures
+    alike instead of the ones timed during a slow minute. Every visit gets an equal share of the
+    budget: as many timed calls as fit in it, at most ``runs`` and at least one (fast architectures get
+    more). A visit starts with one untimed call (the previous architecture evicted this one's table from
+    cache) unless a call takes > 50 ms, where tables far exceed any cache. When one call per visit does
+    not fit, fewer rounds are run: at least 3 at batch 1; at larger batches, if not one round fits, the
+    estimating call (made in sequence) is the figure, with no spread. Each call is scoring + top-``k``
+    with the serving kernel of ``ItemIndex`` on random tables (latency depends on shapes and precision,
+    not on trained values).
+
+    Returns per architecture: ``dim``, ``precision``, ``n_items``, ``k``, ``device``, ``threads``,
+    ``macs_per_query``, ``bytes_per_query`` (``analytic_cost`` at that precision), and, if 1 is among
+    ``batch_sizes`` (the default; leave it out only to time big batches alone), at batch 1
+    ``latency_ms`` (median of the round medians), ``latency_spread_ms`` (interquartile range of the round
+    medians; ``None`` with fewer than 2 rounds), ``latency_p95_ms`` (p95 of all timed batch-1 calls),
+    ``latency_rounds`` and ``latency_runs`` (timed calls in all); for each other batch size B
+    ``latency_bB_ms``, ``latency_bB_spread_ms``, ``latency_bB_per_user_us`` and ``latency_bB_rounds``.
+    """
+    parsed = list(dict.fromkeys(parse_arch(a) for a in archs))
+    if not parsed:
+        raise ValueError("no architecture to profile")
+    if not 1 <= k <= n_items:
+        raise ValueError(f"k must be in [1, n_items={n_items}], got {k}")
+    if rounds < 1 or runs < 1 or warmup < 1:
+        raise ValueError("rounds, runs and warmup must be >= 1")
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    gen = torch.Generator().manual_seed(seed)
+    sizes = tuple(sorted({int(b) for b in batch_sizes}))
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"batch_sizes must be positive, got {batch_sizes}")
+    keys = [arch_key(d, p) for d, p in parsed]
+    indexes = {
+        key: ItemIndex.from_float(
+            torch.randn(n_items, d, generator=gen).mul_(0.1), torch.randn(n_items, generator=gen).mul_(0.01), p, dev
+        )
+        for key, (d, p) in zip(keys, parsed, strict=True)
+    }
+    # The same user vectors for every precision of a dim: only the kernel differs between them.
+    users = {(d, b): torch.randn(b, d, generator=gen).mul_(0.1).to(dev) for d, _ in parsed for b in sizes}
+
+    def call(key: str, dim: int, b: int) -> float:
+        if cuda:
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter_ns()
+        indexes[key].topk(users[(dim, b)], k)
+        if cuda:
+            torch.cuda.synchronize(dev)
+        return (time.perf_counter_ns() - t0) / 1e6
+
+    order = random.Random(seed)
+    out: dict[str, dict[str, Any]] = {}
+    for key, (d, p) in zip(keys, parsed, strict=True):
+        macs, nbytes = analytic_cost(d, n_items, p)
+        out[key] = {"dim": d, "precision": p, "n_items": n_items, "k": k, "device": str(dev),
+                    "macs_per_query": macs, "bytes_per_query": nbytes}  # fmt: skip
+    prev_threads = torch.get_num_threads()
+    n_threads = prev_threads if threads is None else int(threads)
+    try:
+        torch.set_num_threads(n_threads)
+        with torch.inference_mode():
+            for b in sizes:
+                est = {key: min(call(key, d, b) for _ in range(warmup if b == 1 else 1))
+                       for key, (d, _) in zip(keys, parsed, strict=True)}  # fmt: skip
+                budget_ms = max_seconds / len(sizes) * 1e3
+                affordable = budget_ms / sum(est.values())  # rounds of one call per architecture
+                n_rounds = rounds if affordable >= rounds else max(3 if b == 1 else 0, int(affordable))
+                # Each architecture gets an equal share of a round's time: fast ones take more calls.
+                share_ms = budget_ms / max(1, n_rounds) / len(keys)
+                per_visit = {key: max(1, min(runs, int(share_ms / max(est[key], 1e-6)))) for key in keys}
+                medians: dict[str, list[float]] = {key: [] for key in keys}
+                pooled: dict[str, list[float]] = {key: [] for key in keys}
+                if n_rounds == 0:
+                    # Not even one round fits (big batches at big catalogs): the estimating call, made
+                    # in sequence, is the only measurement; its spread is unknown (None).
+                    n_rounds = 1
+                    for key in keys:
+                        medians[key].append(est[key])
+                        pooled[key].append(est[key])
+                    visits = []
+                else:
+                    visits = list(zip(keys, parsed, strict=True))
+                for _ in range(n_rounds if visits else 0):
+                    order.shuffle(visits)
+                    for key, (d, _) in visits:
+                        if est[key] < 50.0:
+                            call(key, d, b)
+                        times = [call(key, d, b) for _ in range(per_visit[key])]
+                        medians[key].append(statistics.median(times))
+                        pooled[key].extend(times)
+                name = "latency" if b == 1 else f"latency_b{b}"
+                for key in keys:
+                    rec = out[key]
+                    rec[f"{name}_ms"] = statistics.median(medians[key])
+                    rec[f"{name}_spread_ms"] = _iqr(medians[key])
+                    rec[f"{name}_rounds"] = n_rounds
+                    if b == 1:
+                        ms = sorted(pooled[key])
+                        rec["latency_p95_ms"] = ms[min(len(ms) - 1, math.ceil(0.95 * len(ms)) - 1)]
+                        rec["latency_runs"] = len(ms)
+                    else:
+                        rec[f"{name}_per_user_us"] = rec[f"{name}_ms"] * 1e3 / b
+    finally:
+        torch.set_num_threads(prev_threads)
+    for rec in out.values():
+        rec["threads"] = n_threads
+    return out
+
+
+def _iqr(values: list[float]) -> float | None:
+    """Interquartile range (inclusive quantiles); ``None`` for fewer than 2 values."""
+    if len(values) < 2:
+        return None
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q3 - q1
+
+
+def order_contradictions(profiles: dict[str, dict[str, Any]], batch: int = 1) -> list[str]:
+    """Pairs whose measured latency order contradicts their analytic cost, one readable line each.
+
+    Only pairs that share a dim or a precision are compared (other pairs follow from those). ``a``
+    contradicts ``b`` when ``a`` costs no more than ``b`` in both bytes and multiply-adds (less in one)
+    yet measures slower by more than the two spreads together (a missing spread counts as 0). At
+    small catalogs this is expected (fixed overhead and top-K dominate) and says the analytic cost is not
+    a proxy there; at large ones it points at a slow kernel or at a measurement accident.
+    """
+    name = "latency" if batch == 1 else f"latency_b{batch}"
+    lines = []
+    for ka, a in profiles.items():
+        for kb, b in profiles.items():
+            cheaper = (a["bytes_per_query"] <= b["bytes_per_query"] and a["macs_per_query"] <= b["macs_per_query"]
+                       and (a["bytes_per_query"], a["macs_per_query"]) != (b["bytes_per_query"], b["macs_per_query"]))  # fmt: skip
+            related = a["dim"] == b["dim"] or a["precision"] == b["precision"]
+            if not (cheaper and related) or f"{name}_ms" not in a or f"{name}_ms" not in b:
+                continue
+            gap = a[f"{name}_ms"] - b[f"{name}_ms"]
+            margin = (a.get(f"{name}_spread_ms") or 0.0) + (b.get(f"{name}_spread_ms") or 0.0)
+            if gap > margin:
+                lines.append(
+                    f"{ka} measured {a[f'{name}_ms']:.4g} ms > {kb} {b[f'{name}_ms']:.4g} ms (batch {batch}, "
+                    f"gap {gap:.3g} ms > spreads {margin:.3g} ms) though it reads "
+                    f"{a['bytes_per_query'] / b['bytes_per_query']:.2f}x the bytes and does "
+                    f"{a['macs_per_query'] / b['macs_per_query']:.2f}x the multiply-adds"
+                )
+    return lines

@@ -1,0 +1,78 @@
+"""One latency figure per architecture per run: which architectures a run times, and timing them as a Ray task.
+
+Every architecture a search can produce (each student ``dim`` of the space, at each serving precision it
+searches) and the teacher's are timed **together**, in interleaved rounds (``kdtune.serving.interleaved.
+profile_interleaved``), once before the trials and once after them, while no trial runs. Trials read the
+"before" figures; the exported tables, the front and the plot use the "after" figures, and ``run.json``
+keeps both. One figure per architecture means two students of the same architecture can never be told
+apart by measurement noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from kdtune.serving.arch import arch_key, arch_of
+from kdtune.serving.interleaved import order_contradictions, profile_interleaved
+
+
+@dataclass
+class LatencyPlan:
+    """The architectures of one run and how they are timed."""
+
+    dims: list[int]
+    precisions: list[str]
+    teacher_dim: int
+    catalog_size: int
+    k: int
+    device: str = "cpu"
+    threads: int = 1
+
+    def archs(self) -> list[str]:
+        """Every student architecture of the space, then the teacher's (``arch_key`` strings)."""
+        students = [arch_key(d, p) for d in self.dims for p in self.precisions]
+        return list(dict.fromkeys([*students, self.teacher_key()]))
+
+    def teacher_key(self) -> str:
+        return arch_key(self.teacher_dim, "fp32")
+
+    def record(self) -> dict:
+        """What ``run.json`` says about how latency was measured (the figures are added under
+        ``before`` and ``after``)."""
+        return {"catalog_size": self.catalog_size, "k": self.k, "device": self.device, "threads": self.threads,
+                "batch": 1, "archs": self.archs(), "teacher": self.teacher_key()}
+
+    def measure(self) -> dict:
+        """Time every architecture in interleaved rounds, as a Ray task when Ray is up (one CPU, or a GPU
+        share for ``cuda``), so it runs on a worker like the trials; in this process otherwise."""
+        import ray
+
+        args = (self.archs(), self.catalog_size, self.k, self.device, self.threads)
+        if not ray.is_initialized():
+            return _profile(*args)
+        task = ray.remote(num_cpus=1, num_gpus=0.01 if self.device == "cuda" else 0)(_profile)
+        return ray.get(task.remote(*args))
+
+
+def _profile(archs: list[str], catalog: int, k: int, device: str, threads: int) -> dict:
+    profiles = profile_interleaved(archs, catalog, k=k, device=device, threads=threads)
+    return {"profiles": profiles, "contradictions": order_contradictions(profiles)}
+
+
+def figures(record: dict, stage: str) -> dict[str, dict]:
+    """The profiles of ``stage`` (``before`` or ``after`` the trials) keyed by arch."""
+    return record.get(stage, {}).get("profiles", {})
+
+
+def with_run_latency(df: pd.DataFrame, profiles: dict) -> pd.DataFrame:
+    """``latency_ms`` (and its spread, p95, batch-256 figure) of each row's architecture from the run's
+    measurement; the figure a trial reported during the search is kept as ``search_latency_ms``."""
+    out = df.copy()
+    if "latency_ms" in out and "search_latency_ms" not in out:
+        out["search_latency_ms"] = out["latency_ms"]
+    keys = [arch_of(r) for r in out.to_dict("records")]
+    for col in ("latency_ms", "latency_spread_ms", "latency_p95_ms", "latency_b256_ms", "bytes_per_query"):
+        out[col] = [profiles.get(key, {}).get(col) for key in keys]
+    return out
