@@ -1,4 +1,4 @@
-"""Benchmark of `kdtune.evaluate.evaluate`: full-ranking Recall/NDCG/HR/MRR of an MF (dim 64) on CiteULike-a.
+"""Benchmark of `kdtune.train.evaluate.evaluate`: full-ranking Recall/NDCG/HR/MRR of an MF (dim 64) on CiteULike-a.
 
 Uses ``../shared/data/citeulike-a/users.dat`` (each line: a count, then item ids) when present, else
 random data of the same size (5,551 users, 16,980 items). Interactions are split 80/10/10 at random;

@@ -19,7 +19,6 @@ are what to read: the machine's speed drifts between runs.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdtune.cli.search import main as search_main  # noqa: E402
 from kdtune.search import pareto  # noqa: E402
+from kdtune.search.run import Run  # noqa: E402
 from kdtune.serving.arch import arch_of  # noqa: E402
 
 CONFIGS = {
@@ -42,7 +42,7 @@ CONFIGS = {
 
 
 def load_run(run_dir: Path) -> dict:
-    run = json.loads((run_dir / "run.json").read_text())
+    run = Run.load(run_dir)
     return {"name": run_dir.name, "dir": run_dir, "run": run, "trials": pd.read_csv(run_dir / "trials.csv"),
             "front": pd.read_csv(run_dir / "pareto.csv"), "wall_s": float("nan")}
 
@@ -81,15 +81,15 @@ def main() -> None:
 def compare(runs: list[dict], args: argparse.Namespace, out: Path) -> None:
     """Print (and save) the comparison table of ``runs``; runs recorded before latency was kept per
     architecture take the others' figures."""
-    k = runs[0]["run"]["data"]["k"]
+    k = runs[0]["run"].data.k
     recall = f"test_recall@{k}"
     # one latency per architecture across all runs (each run timed them itself)
     figures: dict[str, list[float]] = {}
     for r in runs:
-        for key, prof in r["run"].get("latency", {}).get("after", {}).get("profiles", {}).items():
+        for key, prof in (r["run"].latency or {}).get("after", {}).get("profiles", {}).items():
             figures.setdefault(key, []).append(prof["latency_ms"])
     common = {key: statistics.median(v) for key, v in figures.items()}
-    teacher = next(r["run"]["latency"]["teacher"] for r in runs if "latency" in r["run"])
+    teacher = next(r["run"].latency["teacher"] for r in runs if r["run"].latency)
     ref = {recall: 0.0, "latency_ms": 1.1 * max(v for key, v in common.items() if key != teacher)}
     objectives = {recall: "max", "latency_ms": "min"}
     rows = []
@@ -104,7 +104,7 @@ def compare(runs: list[dict], args: argparse.Namespace, out: Path) -> None:
         outcome = trials["outcome"] if "outcome" in trials else pd.Series(["finished"] * len(trials))
         rows.append({
             "configuration": r["name"],
-            "trials_s": r["run"]["timings"].get("trials_s"),
+            "trials_s": r["run"].timings.get("trials_s"),
             "search_wall_s": round(r["wall_s"], 1),
             "epochs_trained": epochs,
             "stopped_by_scheduler": int((outcome == "stopped").sum()),

@@ -7,24 +7,15 @@ the objectives) into an Optuna journal file, by default ``<run>/optuna-journal.l
     optuna-dashboard results/<run>/optuna-journal.log
 
     import kdtune.report.study
-    study = kdtune.study.load_study("results/<run>")
-    study.best_trials            # the Pareto front, same trials as kdtune.pareto.pareto_front
+    study = kdtune.report.study.load_study("results/<run>")
+    study.best_trials            # the Pareto front, same trials as kdtune.search.pareto.pareto_front
 
-How rows become trials:
-
-- a row with every objective present (numeric, not NaN) is a COMPLETE trial with ``values`` in the
-  order of ``objectives``; a row with a missing objective is a FAIL trial (kept so its params stay
-  visible) with user attribute ``error`` naming the missing objectives unless it already has one;
-- params are the searched params of the space the trial has: every top-level param, and a
-  conditional one only where its ``when`` holds. Each carries the space's distribution
-  (float/int/categorical, with ``log``/``step``); fixed values of the space are not params, they are
-  recorded once in the study user attribute ``space``;
-- plain students (``kind == "plain"``) get only ``dim`` and ``lr`` as params, with the space's
-  distributions; a value the distribution cannot hold (e.g. an ``lr`` between categorical choices) or
-  a param the space fixes becomes a user attribute of the same name instead;
-- every other column that is not NaN becomes a user attribute (``trial_id``, ``kind``, ``loss`` of a
-  plain student, test scores, ``epochs_run``...), except Ray's bookkeeping (:data:`SKIPPED_COLUMNS`)
-  and the space's fixed keys.
+How rows become trials: a row with every objective is a COMPLETE trial (``values`` in objective order);
+one with a missing objective a FAIL trial (user attribute ``error``). Params are the searched params the
+trial has (top-level ones, conditional ones where their ``when`` holds) with the space's distributions;
+fixed values are recorded once, in the study attribute ``space``. A plain student (``kind == "plain"``)
+gets only ``dim`` and ``lr`` as params; a value the distribution cannot hold becomes a user attribute.
+Every other non-NaN column is a user attribute, except Ray's bookkeeping (:data:`SKIPPED_COLUMNS`).
 
 Nothing is executed or unpickled: the journal is JSON lines written and read by Optuna itself.
 """
@@ -103,13 +94,11 @@ def write_study(
     ``candidates`` needs ``trial_id`` (unique), the objective columns and the searched params of the
     space; ``kind`` (``"distilled"`` when absent, ``"plain"`` for plain students) is optional, as are
     any extra columns (user attributes). ``objectives`` maps a column to ``"max"`` or ``"min"`` (the
-    convention of :func:`kdtune.pareto.pareto_front`) and sets the study's directions and metric names.
+    convention of :func:`kdtune.search.pareto.pareto_front`) and sets the study's directions and metric names.
 
-    ``errored`` (``trial_id``, params, ``error``) become FAIL trials; an errored ``trial_id`` that is
-    also a candidate is not added twice, its ``error`` goes to the candidate's user attributes.
-    ``pruned`` (``trial_id``, params, the metrics the trial reached) are trials a scheduler stopped at a
-    rung: PRUNED trials (what Optuna calls a trial stopped early), whose last reported metrics are user
-    attributes; they are not candidates of the front, so they are never among ``best_trials``.
+    ``errored`` (``trial_id``, params, ``error``) become FAIL trials (an errored candidate is not added
+    twice: its ``error`` becomes a user attribute). ``pruned`` (``trial_id``, params, metrics reached) are
+    trials a scheduler stopped at a rung: PRUNED, their last metrics user attributes, never best trials.
     ``teacher`` (its figures: dim, scores, size...) is stored as study user attribute ``"teacher"``;
     ``attrs`` (e.g. ``{"latency_catalog_items": 1_000_000, "k": 20}``) as further study user attributes.
 
@@ -117,34 +106,8 @@ def write_study(
     direction, a duplicated ``trial_id``, or a COMPLETE distilled trial whose param is missing or
     outside the space (the table and the space do not belong together); nothing is written then.
     """
-    check_directions(objectives)
-    for col in objectives:
-        if col not in candidates.columns:
-            raise KeyError(f"objective column {col!r} not in the candidate table")
-    directions = [_DIRECTIONS[direction] for direction in objectives.values()]
-    for name, table in (("candidates", candidates), ("errored", errored), ("pruned", pruned)):
-        if table is not None and len(table) and "trial_id" not in table.columns:
-            raise KeyError(f"{name}: no trial_id column")
-    ids = candidates["trial_id"].astype(str) if len(candidates) else pd.Series([], dtype=str)
-    if ids.duplicated().any():
-        raise ValueError(f"candidates: duplicated trial_id {sorted(set(ids[ids.duplicated()]))}")
-
-    errors: dict[str, Any] = {}
-    extra_failed: list[Mapping[str, Any]] = []
-    if errored is not None:
-        known = set(ids)
-        for row in errored.to_dict("records"):
-            if str(row["trial_id"]) in known:
-                errors[str(row["trial_id"])] = row.get("error")
-            else:
-                extra_failed.append(row)
-
-    trials = [_trial(row, objectives, space, errors.get(str(row["trial_id"])))
-              for row in candidates.to_dict("records")]
-    trials += [_trial(row, objectives, space, row.get("error"), failed=True) for row in extra_failed]
-    if pruned is not None:
-        trials += [_trial(row, objectives, space, None, state=TrialState.PRUNED) for row in pruned.to_dict("records")]
-
+    ids = _checked_ids(candidates, objectives, errored, pruned)
+    trials = _trials(candidates, ids, objectives, space, errored, pruned)
     study_attrs: dict[str, Any] = {
         "objectives": dict(objectives),
         "space_name": space.name,
@@ -161,6 +124,7 @@ def write_study(
     # A unique name beside the target (same filesystem, so os.replace is atomic); not mkstemp, whose
     # 0600 mode would hide the journal from a dashboard run by another user.
     tmp = str(out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    directions = [_DIRECTIONS[direction] for direction in objectives.values()]
     try:
         _write_journal(tmp, study_name, directions, list(objectives), study_attrs, trials)
         os.replace(tmp, out)
@@ -169,6 +133,43 @@ def write_study(
             if os.path.lexists(leftover):
                 os.unlink(leftover)
     return out
+
+
+def _checked_ids(candidates: pd.DataFrame, objectives: Mapping[str, str], errored: pd.DataFrame | None,
+                 pruned: pd.DataFrame | None) -> pd.Series:
+    """The candidates' trial ids, after checking the objectives, the id columns and their uniqueness."""
+    check_directions(objectives)
+    for col in objectives:
+        if col not in candidates.columns:
+            raise KeyError(f"objective column {col!r} not in the candidate table")
+    for name, table in (("candidates", candidates), ("errored", errored), ("pruned", pruned)):
+        if table is not None and len(table) and "trial_id" not in table.columns:
+            raise KeyError(f"{name}: no trial_id column")
+    ids = candidates["trial_id"].astype(str) if len(candidates) else pd.Series([], dtype=str)
+    if ids.duplicated().any():
+        raise ValueError(f"candidates: duplicated trial_id {sorted(set(ids[ids.duplicated()]))}")
+    return ids
+
+
+def _trials(candidates: pd.DataFrame, ids: pd.Series, objectives: Mapping[str, str], space: SearchSpace,
+            errored: pd.DataFrame | None, pruned: pd.DataFrame | None) -> list:
+    """The study's frozen trials: candidates (COMPLETE, or FAIL without an objective), errored trials that
+    are not candidates (FAIL), and pruned ones (PRUNED)."""
+    errors: dict[str, Any] = {}
+    extra_failed: list[Mapping[str, Any]] = []
+    if errored is not None:
+        known = set(ids)
+        for row in errored.to_dict("records"):
+            if str(row["trial_id"]) in known:
+                errors[str(row["trial_id"])] = row.get("error")
+            else:
+                extra_failed.append(row)
+    trials = [_trial(row, objectives, space, errors.get(str(row["trial_id"])))
+              for row in candidates.to_dict("records")]
+    trials += [_trial(row, objectives, space, row.get("error"), failed=True) for row in extra_failed]
+    if pruned is not None:
+        trials += [_trial(row, objectives, space, None, state=TrialState.PRUNED) for row in pruned.to_dict("records")]
+    return trials
 
 
 def load_study(path: str | Path, study_name: str | None = None) -> optuna.Study:
@@ -292,6 +293,29 @@ def _trial(row: Mapping[str, Any], objectives: Mapping[str, str], space: SearchS
     # Strict only where a wrong param would misplace a COMPLETE trial of the search itself.
     strict = complete and kind != "plain"
 
+    params, dists, demoted = _params(row, space, kind, strict, trial_id)
+    skip = set(params) | SKIPPED_COLUMNS | (set(objectives) if state != TrialState.PRUNED else set())
+    if kind != "plain":
+        # Fixed values live in the study's `space` attribute; an inactive conditional param's cell
+        # (normally NaN) is not an attribute either. A plain student keeps its other cells (loss=bpr).
+        skip |= (set(space.fixed) | set(space.params) | set(space.conditional)) - set(demoted)
+    user_attrs = _attrs({k: v for k, v in row.items() if k not in skip})
+    user_attrs.update(trial_id=trial_id, kind=kind)
+    if not _missing(error):
+        user_attrs["error"] = _plain(error)
+    elif missing and "error" not in user_attrs and state != TrialState.PRUNED:
+        user_attrs["error"] = "missing objective(s): " + ", ".join(missing)
+
+    if complete:
+        return optuna.trial.create_trial(params=params, distributions=dists,
+                                         values=[float(v) for v in values], user_attrs=user_attrs)
+    return optuna.trial.create_trial(state=state, params=params, distributions=dists, user_attrs=user_attrs)
+
+
+def _params(row: Mapping[str, Any], space: SearchSpace, kind: str, strict: bool, trial_id: str
+            ) -> tuple[dict[str, Any], dict[str, BaseDistribution], dict[str, Any]]:
+    """The row's searched params with their distributions, and the values no distribution can hold
+    (``demoted``: they become user attributes); ``strict`` raises instead of demoting or skipping."""
     params: dict[str, Any] = {}
     dists: dict[str, BaseDistribution] = {}
     demoted: dict[str, Any] = {}
@@ -314,27 +338,11 @@ def _trial(row: Mapping[str, Any], objectives: Mapping[str, str], space: SearchS
         for name in _PLAIN_PARAMS:
             if name in space.params:
                 add(space.params[name])
-    else:
-        for param in space.params.values():
+        return params, dists, demoted
+    for param in space.params.values():
+        add(param)
+    # `when` refers to top-level params, so activity is decided from the values just normalised.
+    for param in space.conditional.values():
+        if param.active(params):
             add(param)
-        # `when` refers to top-level params, so activity is decided from the values just normalised.
-        for param in space.conditional.values():
-            if param.active(params):
-                add(param)
-
-    skip = set(params) | SKIPPED_COLUMNS | (set(objectives) if state != TrialState.PRUNED else set())
-    if kind != "plain":
-        # Fixed values live in the study's `space` attribute; an inactive conditional param's cell
-        # (normally NaN) is not an attribute either. A plain student keeps its other cells (loss=bpr).
-        skip |= (set(space.fixed) | set(space.params) | set(space.conditional)) - set(demoted)
-    user_attrs = _attrs({k: v for k, v in row.items() if k not in skip})
-    user_attrs.update(trial_id=trial_id, kind=kind)
-    if not _missing(error):
-        user_attrs["error"] = _plain(error)
-    elif missing and "error" not in user_attrs and state != TrialState.PRUNED:
-        user_attrs["error"] = "missing objective(s): " + ", ".join(missing)
-
-    if complete:
-        return optuna.trial.create_trial(params=params, distributions=dists,
-                                         values=[float(v) for v in values], user_attrs=user_attrs)
-    return optuna.trial.create_trial(state=state, params=params, distributions=dists, user_attrs=user_attrs)
+    return params, dists, demoted

@@ -123,45 +123,15 @@ def plot_front(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
 
-    def xy(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        xs = pd.to_numeric(df[x], errors="coerce").to_numpy(dtype=float)
-        ys = pd.to_numeric(df[y], errors="coerce").to_numpy(dtype=float)
-        ok = ~(np.isnan(xs) | np.isnan(ys))
-        return xs[ok], ys[ok]
-
     all_x: list[np.ndarray] = []
     if len(trials) and x in trials and y in trials:
-        tx, ty = xy(trials)
+        tx, ty = _xy(trials, x, y)
         ax.scatter(tx, ty, s=18, c="0.65", alpha=0.7, label=f"trials ({tx.size})", zorder=1)
         all_x.append(tx)
     if len(front) and x in front and y in front:
-        fx, fy = xy(front)
-        order = np.argsort(fx, kind="stable")
-        fx, fy = fx[order], fy[order]
-        # "post" step: from a front point, moving right (slower) keeps at least its y until the next one.
-        ax.step(fx, fy, where="post", color="tab:blue", lw=1.5, zorder=2)
-        ax.plot(fx, fy, "o", color="tab:blue", ms=6, label=f"Pareto front ({fx.size})", zorder=3)
-        if xerr and xerr in front:
-            ex = pd.to_numeric(front[xerr], errors="coerce").to_numpy(dtype=float)
-            fx_all, fy_all = (pd.to_numeric(front[c], errors="coerce").to_numpy(dtype=float) for c in (x, y))
-            ax.errorbar(fx_all, fy_all, xerr=np.nan_to_num(ex) / 2, fmt="none", ecolor="tab:blue", alpha=0.6,
-                        capsize=3, zorder=3)
-        all_x.append(fx)
+        all_x.append(_draw_front(ax, front, x, y, xerr))
     if baselines is not None and len(baselines) and x in baselines and y in baselines:
-        markers = ["*", "s", "D", "^", "v", "P", "X", "h"]
-        colors = ["tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
-        label_col = _label_column(baselines)
-        for k, (idx, row) in enumerate(baselines.iterrows()):
-            bx, by = pd.to_numeric(pd.Series([row[x], row[y]]), errors="coerce").to_numpy(dtype=float)
-            if np.isnan(bx) or np.isnan(by):
-                continue
-            label = str(row[label_col]) if label_col else str(idx)
-            color = colors[k % len(colors)]
-            ax.plot(bx, by, markers[k % len(markers)], color=color, ms=10, mec="black", label=label, zorder=4)
-            if xerr and xerr in baselines and pd.notna(row[xerr]):
-                ax.errorbar([bx], [by], xerr=[float(row[xerr]) / 2], fmt="none", ecolor=color, capsize=3, zorder=4)
-            ax.annotate(label, (bx, by), xytext=(6, 4), textcoords="offset points", fontsize=7, color=color)
-            all_x.append(np.array([bx]))
+        all_x.append(_draw_baselines(ax, baselines, x, y, xerr))
 
     xs = np.concatenate(all_x) if all_x else np.empty(0)
     xs = xs[xs > 0]
@@ -178,3 +148,47 @@ def plot_front(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     return out
+
+
+def _xy(df: pd.DataFrame, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' ``x`` and ``y`` as floats, rows missing either left out."""
+    xs = pd.to_numeric(df[x], errors="coerce").to_numpy(dtype=float)
+    ys = pd.to_numeric(df[y], errors="coerce").to_numpy(dtype=float)
+    ok = ~(np.isnan(xs) | np.isnan(ys))
+    return xs[ok], ys[ok]
+
+
+def _draw_front(ax, front: pd.DataFrame, x: str, y: str, xerr: str | None) -> np.ndarray:
+    """The front as a step line with its points (and ``xerr`` bars); returns its x values."""
+    fx, fy = _xy(front, x, y)
+    order = np.argsort(fx, kind="stable")
+    fx, fy = fx[order], fy[order]
+    # "post" step: from a front point, moving right (slower) keeps at least its y until the next one.
+    ax.step(fx, fy, where="post", color="tab:blue", lw=1.5, zorder=2)
+    ax.plot(fx, fy, "o", color="tab:blue", ms=6, label=f"Pareto front ({fx.size})", zorder=3)
+    if xerr and xerr in front:
+        ex = pd.to_numeric(front[xerr], errors="coerce").to_numpy(dtype=float)
+        fx_all, fy_all = (pd.to_numeric(front[c], errors="coerce").to_numpy(dtype=float) for c in (x, y))
+        ax.errorbar(fx_all, fy_all, xerr=np.nan_to_num(ex) / 2, fmt="none", ecolor="tab:blue", alpha=0.6,
+                    capsize=3, zorder=3)
+    return fx
+
+
+def _draw_baselines(ax, baselines: pd.DataFrame, x: str, y: str, xerr: str | None) -> np.ndarray:
+    """Each baseline as a labelled marker (and ``xerr`` bar); returns their x values."""
+    markers = ["*", "s", "D", "^", "v", "P", "X", "h"]
+    colors = ["tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
+    label_col = _label_column(baselines)
+    xs = []
+    for k, (idx, row) in enumerate(baselines.iterrows()):
+        bx, by = pd.to_numeric(pd.Series([row[x], row[y]]), errors="coerce").to_numpy(dtype=float)
+        if np.isnan(bx) or np.isnan(by):
+            continue
+        label = str(row[label_col]) if label_col else str(idx)
+        color = colors[k % len(colors)]
+        ax.plot(bx, by, markers[k % len(markers)], color=color, ms=10, mec="black", label=label, zorder=4)
+        if xerr and xerr in baselines and pd.notna(row[xerr]):
+            ax.errorbar([bx], [by], xerr=[float(row[xerr]) / 2], fmt="none", ecolor=color, capsize=3, zorder=4)
+        ax.annotate(label, (bx, by), xytext=(6, 4), textcoords="offset points", fontsize=7, color=color)
+        xs.append(bx)
+    return np.array(xs, dtype=float)

@@ -45,10 +45,10 @@ class Run:
     ``space``, ``interactions`` and ``split`` live in memory (the space is kept as ``space.yaml``)."""
 
     dir: Path = _runtime()
-    data: DataSettings = field(default_factory=DataSettings)
-    search: SearchSettings = field(default_factory=SearchSettings)
     status: str = RUNNING
     command: str = ""
+    data: DataSettings = field(default_factory=DataSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
     space_file: str = SPACE_FILE
     data_fingerprint: str = ""
     split_fingerprint: str = ""

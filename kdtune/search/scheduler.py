@@ -9,9 +9,11 @@ and a trial continues iff it is in the top ``ceil(n / eta)`` of that order.
 
 Two layers:
 
-* Pure rung logic on numbers, in :mod:`kdtune.search.rungs` (:func:`~kdtune.rungs.nondominated_sort`,
-  :func:`~kdtune.rungs.priority_rank`, :func:`~kdtune.rungs.promote`, :func:`~kdtune.rungs.rung_milestones`): plain numpy, every column minimised
-  (maximised objectives are negated by :func:`to_minimisation`, as Optuna does). Testable without Ray.
+* Pure rung logic on numbers: fronts from :func:`kdtune.search.pareto.nondominated_sort`, the order and
+  the promotion rule in :mod:`kdtune.search.rungs` (:func:`~kdtune.search.rungs.priority_rank`,
+  :func:`~kdtune.search.rungs.promote`, :func:`~kdtune.search.rungs.rung_milestones`): plain numpy, every
+  column minimised (maximised objectives are negated by :func:`~kdtune.search.pareto.to_minimisation`, as
+  Optuna does). Testable without Ray.
 * :class:`ParetoASHA`, a thin ``FIFOScheduler`` subclass that records each trial's objective vector
   when it reaches a rung, asks :func:`promote`, and (optionally) persists its rung records to JSON.
 

@@ -12,7 +12,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -97,55 +97,68 @@ def profile_interleaved(
                     "macs_per_query": macs, "bytes_per_query": nbytes}  # fmt: skip
     prev_threads = torch.get_num_threads()
     n_threads = prev_threads if threads is None else int(threads)
+    visits = list(zip(keys, [d for d, _ in parsed], strict=True))
     try:
         torch.set_num_threads(n_threads)
         with torch.inference_mode():
             for b in sizes:
-                est = {key: min(call(key, d, b) for _ in range(warmup if b == 1 else 1))
-                       for key, (d, _) in zip(keys, parsed, strict=True)}  # fmt: skip
                 budget_ms = max_seconds / len(sizes) * 1e3
-                affordable = budget_ms / sum(est.values())  # rounds of one call per architecture
-                n_rounds = rounds if affordable >= rounds else max(3 if b == 1 else 0, int(affordable))
-                # Each architecture gets an equal share of a round's time: fast ones take more calls.
-                share_ms = budget_ms / max(1, n_rounds) / len(keys)
-                per_visit = {key: max(1, min(runs, int(share_ms / max(est[key], 1e-6)))) for key in keys}
-                medians: dict[str, list[float]] = {key: [] for key in keys}
-                pooled: dict[str, list[float]] = {key: [] for key in keys}
-                if n_rounds == 0:
-                    # Not even one round fits (big batches at big catalogs): the estimating call, made
-                    # in sequence, is the only measurement; its spread is unknown (None).
-                    n_rounds = 1
-                    for key in keys:
-                        medians[key].append(est[key])
-                        pooled[key].append(est[key])
-                    visits = []
-                else:
-                    visits = list(zip(keys, parsed, strict=True))
-                for _ in range(n_rounds if visits else 0):
-                    order.shuffle(visits)
-                    for key, (d, _) in visits:
-                        if est[key] < 50.0:
-                            call(key, d, b)
-                        times = [call(key, d, b) for _ in range(per_visit[key])]
-                        medians[key].append(statistics.median(times))
-                        pooled[key].extend(times)
-                name = "latency" if b == 1 else f"latency_b{b}"
-                for key in keys:
-                    rec = out[key]
-                    rec[f"{name}_ms"] = statistics.median(medians[key])
-                    rec[f"{name}_spread_ms"] = _iqr(medians[key])
-                    rec[f"{name}_rounds"] = n_rounds
-                    if b == 1:
-                        ms = sorted(pooled[key])
-                        rec["latency_p95_ms"] = ms[min(len(ms) - 1, math.ceil(0.95 * len(ms)) - 1)]
-                        rec["latency_runs"] = len(ms)
-                    else:
-                        rec[f"{name}_per_user_us"] = rec[f"{name}_ms"] * 1e3 / b
+                medians, pooled, n_rounds = _rounds(call, visits, b, budget_ms, rounds, runs, warmup, order)
+                _record(out, b, medians, pooled, n_rounds)
     finally:
         torch.set_num_threads(prev_threads)
     for rec in out.values():
         rec["threads"] = n_threads
     return out
+
+
+def _rounds(call: Callable[[str, int, int], float], visits: list[tuple[str, int]], b: int, budget_ms: float,
+            rounds: int, runs: int, warmup: int, order: random.Random
+            ) -> tuple[dict[str, list[float]], dict[str, list[float]], int]:
+    """Interleaved rounds at batch ``b``: each round visits every architecture once, in a shuffled order.
+    Returns each architecture's round medians, all its timed calls, and the number of rounds."""
+    keys = [key for key, _ in visits]
+    est = {key: min(call(key, d, b) for _ in range(warmup if b == 1 else 1)) for key, d in visits}
+    affordable = budget_ms / sum(est.values())  # rounds of one call per architecture
+    n_rounds = rounds if affordable >= rounds else max(3 if b == 1 else 0, int(affordable))
+    # Each architecture gets an equal share of a round's time: fast ones take more calls.
+    share_ms = budget_ms / max(1, n_rounds) / len(keys)
+    per_visit = {key: max(1, min(runs, int(share_ms / max(est[key], 1e-6)))) for key in keys}
+    medians: dict[str, list[float]] = {key: [] for key in keys}
+    pooled: dict[str, list[float]] = {key: [] for key in keys}
+    if n_rounds == 0:
+        # Not even one round fits (big batches at big catalogs): the estimating call, made in sequence,
+        # is the only measurement; its spread is unknown (None).
+        for key in keys:
+            medians[key].append(est[key])
+            pooled[key].append(est[key])
+        return medians, pooled, 1
+    visits = list(visits)
+    for _ in range(n_rounds):
+        order.shuffle(visits)
+        for key, d in visits:
+            if est[key] < 50.0:
+                call(key, d, b)
+            times = [call(key, d, b) for _ in range(per_visit[key])]
+            medians[key].append(statistics.median(times))
+            pooled[key].extend(times)
+    return medians, pooled, n_rounds
+
+
+def _record(out: dict[str, dict[str, Any]], b: int, medians: dict[str, list[float]],
+            pooled: dict[str, list[float]], n_rounds: int) -> None:
+    """Batch ``b``'s figures into each architecture's record."""
+    name = "latency" if b == 1 else f"latency_b{b}"
+    for key, rec in out.items():
+        rec[f"{name}_ms"] = statistics.median(medians[key])
+        rec[f"{name}_spread_ms"] = _iqr(medians[key])
+        rec[f"{name}_rounds"] = n_rounds
+        if b == 1:
+            ms = sorted(pooled[key])
+            rec["latency_p95_ms"] = ms[min(len(ms) - 1, math.ceil(0.95 * len(ms)) - 1)]
+            rec["latency_runs"] = len(ms)
+        else:
+            rec[f"{name}_per_user_us"] = rec[f"{name}_ms"] * 1e3 / b
 
 
 def _iqr(values: list[float]) -> float | None:

@@ -7,9 +7,9 @@ catalogs (a few thousand items) the measured time is fixed overhead (kernel laun
 work: ``dim`` 64 vs 8 then changes it ~2x at most, while at ~1M items reading the item table dominates
 and latency tracks ``dim``. Measure at the catalog size you will serve.
 
-``profile_interleaved`` times many architectures ``(dim, precision)`` together, in interleaved rounds,
-with the serving kernels of ``kdtune.quantize.ItemIndex``: one figure per architecture, with its spread,
-so that every consumer (search, export) uses the same measurement of the same architecture.
+:func:`kdtune.serving.interleaved.profile_interleaved` times many architectures ``(dim, precision)``
+together, in interleaved rounds, with the serving kernels of :class:`kdtune.model.kernels.ItemIndex`: the
+figures a run uses. This module times one configuration at a time (benchmarks, ``kdtune.compare``).
 """
 
 from __future__ import annotations
@@ -92,60 +92,23 @@ def measure(
     if batch_size < 1 or runs < 1 or warmup < 0:
         raise ValueError("batch_size and runs must be >= 1, warmup >= 0")
     dev = torch.device(device)
-    gen = torch.Generator().manual_seed(seed)
-    if not hasattr(model_or_dim, "item_emb"):
-        dim = operator.index(model_or_dim)
-        if n_items is None:
-            raise ValueError("n_items is required when measuring a dim")
-        if dim < 1 or n_items < 1:
-            raise ValueError(f"dim and n_items must be >= 1, got {dim}, {n_items}")
-        items = torch.randn(n_items, dim, generator=gen).mul_(0.1)
-        bias = torch.randn(n_items, generator=gen).mul_(0.01)
-        users = torch.randn(batch_size, dim, generator=gen).mul_(0.1)
-    else:
-        items = model_or_dim.item_emb.weight.detach().float().cpu()
-        bias = model_or_dim.item_bias.weight.detach().float().cpu().reshape(-1)
-        dim = int(items.shape[1])
-        if n_items is not None and n_items != items.shape[0]:
-            raise ValueError(
-                f"n_items={n_items} but the model has {items.shape[0]} items; measure(dim, n_items) for another catalog"
-            )
-        n_items = int(items.shape[0])
-        user_table = model_or_dim.user_emb.weight.detach().float().cpu()
-        users = user_table[torch.randint(user_table.shape[0], (batch_size,), generator=gen)]
+    items, bias, users = _tables(model_or_dim, n_items, batch_size, seed)
+    n_items, dim = int(items.shape[0]), int(items.shape[1])
     if not 1 <= k <= n_items:
         raise ValueError(f"k must be in [1, n_items={n_items}], got {k}")
-
     # The table stays [n_items, dim] row-major, as served; addmm takes the transposed view without a copy.
-    items_t = items.to(dev).t()
-    bias = bias.to(dev)
-    users = users.to(dev).contiguous()
+    items_t, bias, users = items.to(dev).t(), bias.to(dev), users.to(dev).contiguous()
     scores = torch.empty(batch_size, n_items, device=dev)
-    cuda = dev.type == "cuda"
+
+    def call() -> None:
+        torch.addmm(bias, users, items_t, out=scores)
+        torch.topk(scores, k, dim=1)
 
     prev_threads = torch.get_num_threads()
     n_threads = prev_threads if threads is None else int(threads)
-    times_ns: list[int] = []
-    budget_ns = math.inf if max_seconds is None else max_seconds * 1e9
-    spent_ns = 0
     try:
         torch.set_num_threads(n_threads)
-        with torch.inference_mode():
-            for i in range(warmup + runs):
-                if cuda:
-                    torch.cuda.synchronize(dev)
-                t0 = time.perf_counter_ns()
-                torch.addmm(bias, users, items_t, out=scores)
-                torch.topk(scores, k, dim=1)
-                if cuda:
-                    torch.cuda.synchronize(dev)
-                t1 = time.perf_counter_ns()
-                if i >= warmup:
-                    times_ns.append(t1 - t0)
-                    spent_ns += t1 - t0
-                    # Big batches at big catalogs take seconds a run: stop at the time budget.
-                    if spent_ns > budget_ns and len(times_ns) >= 5:
-                        break
+        times_ns = _timed_runs(call, dev, warmup, runs, max_seconds)
     finally:
         torch.set_num_threads(prev_threads)
 
@@ -165,6 +128,54 @@ def measure(
         macs_per_query=macs,
         bytes_per_query=nbytes,
     )
+
+
+def _tables(model_or_dim: Any, n_items: int | None, batch_size: int, seed: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(items [n, d], bias [n], users [batch_size, d])``: random tables of a dim, or a model's own."""
+    gen = torch.Generator().manual_seed(seed)
+    if not hasattr(model_or_dim, "item_emb"):
+        dim = operator.index(model_or_dim)
+        if n_items is None:
+            raise ValueError("n_items is required when measuring a dim")
+        if dim < 1 or n_items < 1:
+            raise ValueError(f"dim and n_items must be >= 1, got {dim}, {n_items}")
+        items = torch.randn(n_items, dim, generator=gen).mul_(0.1)
+        bias = torch.randn(n_items, generator=gen).mul_(0.01)
+        return items, bias, torch.randn(batch_size, dim, generator=gen).mul_(0.1)
+    items = model_or_dim.item_emb.weight.detach().float().cpu()
+    bias = model_or_dim.item_bias.weight.detach().float().cpu().reshape(-1)
+    if n_items is not None and n_items != items.shape[0]:
+        raise ValueError(
+            f"n_items={n_items} but the model has {items.shape[0]} items; measure(dim, n_items) for another catalog"
+        )
+    user_table = model_or_dim.user_emb.weight.detach().float().cpu()
+    return items, bias, user_table[torch.randint(user_table.shape[0], (batch_size,), generator=gen)]
+
+
+def _timed_runs(call: Any, dev: torch.device, warmup: int, runs: int, max_seconds: float | None) -> list[int]:
+    """Nanoseconds of each of ``runs`` timed calls after ``warmup`` untimed ones (CUDA synchronised around
+    each), stopping once ``max_seconds`` of timed calls are spent (at least 5 are kept)."""
+    cuda = dev.type == "cuda"
+    times_ns: list[int] = []
+    budget_ns = math.inf if max_seconds is None else max_seconds * 1e9
+    spent_ns = 0
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            if cuda:
+                torch.cuda.synchronize(dev)
+            t0 = time.perf_counter_ns()
+            call()
+            if cuda:
+                torch.cuda.synchronize(dev)
+            t1 = time.perf_counter_ns()
+            if i >= warmup:
+                times_ns.append(t1 - t0)
+                spent_ns += t1 - t0
+                # Big batches at big catalogs take seconds a run: stop at the time budget.
+                if spent_ns > budget_ns and len(times_ns) >= 5:
+                    break
+    return times_ns
 
 
 _CACHE: dict[tuple, dict[str, Any]] = {}

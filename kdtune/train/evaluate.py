@@ -68,109 +68,117 @@ def evaluate(
     never count as hits, even for a test item that is also in ``seen``.
     """
     seen_splits = [seen] if isinstance(seen, Interactions) else list(seen)
-    ks = sorted({int(k) for k in ks})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"ks must be positive integers, got {ks}")
-    n_users, n_items = test.n_users, test.n_items
-    if ks[-1] > n_items:
-        raise ValueError(f"K larger than catalog: max K = {ks[-1]} > n_items = {n_items}")
-    for s in seen_splits:
-        if (s.n_users, s.n_items) != (n_users, n_items):
-            raise ValueError(
-                f"seen split has shape ({s.n_users}, {s.n_items}), test has ({n_users}, {n_items})"
-            )
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+    ks = _checked_ks(ks, seen_splits, test, batch_size)
+    n_items = test.n_items
     dev = torch.device(device) if device is not None else _device_of(model)
-
-    test_counts = test.user_counts()
-    has_test = test_counts > 0
-    if users is not None:
-        chosen = torch.zeros(n_users, dtype=torch.bool)
-        chosen[users.cpu().long()] = True
-        has_test &= chosen
-    users_all = torch.nonzero(has_test).flatten().to(dev)
+    users_all = _users_to_score(test, users, dev)
     n_eval = int(users_all.numel())
-    out: dict[str, float] = {}
     if n_eval == 0:
-        for k in ks:
-            out.update(
-                {f"recall@{k}": math.nan, f"ndcg@{k}": math.nan, f"hr@{k}": math.nan, f"mrr@{k}": math.nan}
-            )
-        out["n_users"] = 0
-        return out
+        return {**{f"{name}@{k}": math.nan for k in ks for name in METRICS}, "n_users": 0}
 
-    kmax = ks[-1]
     # CSR arrays on the evaluation device once, not per batch.
     seen_csr = [(s.indptr.to(dev), s.indices.to(dev)) for s in seen_splits]
     test_csr = (test.indptr.to(dev), test.indices.to(dev))
-    test_counts = test_counts.to(dev)
-    discount = 1.0 / torch.log2(torch.arange(2, kmax + 2, device=dev, dtype=torch.float64))
-    ideal = torch.cumsum(discount, 0)  # ideal[n-1] = IDCG with n relevant items in the top K
-
+    test_counts = test.user_counts().to(dev)
+    metrics = _RankMetrics(ks, dev)
     bs = min(batch_size, n_eval)
-    takes_out = _accepts_out(model)
-    score_buf = torch.empty(bs, n_items, device=dev) if takes_out else None
+    score_buf = torch.empty(bs, n_items, device=dev) if _accepts_out(model) else None
     member = torch.zeros(bs, n_items, dtype=torch.bool, device=dev)
-    sums = {
-        name: torch.zeros(len(ks), dtype=torch.float64, device=dev)
-        for name in ("recall", "ndcg", "hr", "mrr")
-    }
-
     was_training = bool(getattr(model, "training", False))
     if isinstance(model, nn.Module):
         model.eval()
     try:
         with torch.inference_mode():
             for start in range(0, n_eval, bs):
-                users = users_all[start : start + bs]
-                nb = int(users.numel())
-                if score_buf is not None:
-                    scores = model.full_scores(users, out=score_buf[:nb])  # type: ignore[call-arg]
-                else:
-                    scores = model.full_scores(users)
-                if scores.shape != (nb, n_items):
-                    raise ValueError(f"full_scores returned {tuple(scores.shape)}, expected {(nb, n_items)}")
-                scores = scores.contiguous()
-                flat_scores = scores.view(-1)
-                for indptr, indices in seen_csr:
-                    flat_scores.index_fill_(
-                        0, _batch_flat_positions(indptr, indices, users, n_items), -math.inf
-                    )
-                top_scores, top_items = torch.topk(scores, kmax, dim=1)
-
+                batch = users_all[start : start + bs]
+                scores = _masked_scores(model, batch, score_buf, seen_csr, n_items)
+                top_scores, top_items = torch.topk(scores, ks[-1], dim=1)
                 # Dense membership of the batch's test items: one gather answers "is it a hit?".
-                test_pos = _batch_flat_positions(*test_csr, users, n_items)
-                flat_member = member[:nb].view(-1)
+                test_pos = _batch_flat_positions(*test_csr, batch, n_items)
+                flat_member = member[: len(batch)].view(-1)
                 flat_member[test_pos] = True
-                hits = member[:nb].gather(1, top_items) & (top_scores > -math.inf)
+                hits = member[: len(batch)].gather(1, top_items) & (top_scores > -math.inf)
                 flat_member[test_pos] = False  # reset only what was set, cheaper than zeroing the buffer
-
-                hits_f = hits.to(torch.float64)
-                n_test = test_counts[users].to(torch.float64)
-                cum_hits = torch.cumsum(hits_f, 1)
-                cum_dcg = torch.cumsum(hits_f * discount, 1)
-                # Rank of the first hit (inf when none), so that first <= K tells whether it counts at K.
-                first = torch.where(
-                    hits.any(1), hits.to(torch.int8).argmax(1).to(torch.float64) + 1, math.inf
-                )
-                for j, k in enumerate(ks):
-                    n_hit = cum_hits[:, k - 1]
-                    sums["recall"][j] += (n_hit / n_test).sum()
-                    idcg = ideal[torch.clamp(n_test, max=k).long() - 1]
-                    sums["ndcg"][j] += (cum_dcg[:, k - 1] / idcg).sum()
-                    sums["hr"][j] += (n_hit > 0).sum()
-                    sums["mrr"][j] += torch.where(first <= k, 1.0 / first, 0.0).sum()
+                metrics.add(hits, test_counts[batch].to(torch.float64))
     finally:
         if isinstance(model, nn.Module):
             model.train(was_training)
+    return {**metrics.means(n_eval), "n_users": n_eval}
 
-    means = {name: (v / n_eval).tolist() for name, v in sums.items()}
-    for j, k in enumerate(ks):
-        for name in ("recall", "ndcg", "hr", "mrr"):
-            out[f"{name}@{k}"] = float(means[name][j])
-    out["n_users"] = n_eval
-    return out
+
+METRICS = ("recall", "ndcg", "hr", "mrr")
+
+
+def _checked_ks(ks: Sequence[int], seen: list[Interactions], test: Interactions, batch_size: int) -> list[int]:
+    """The cut-offs, ascending; ValueError for a bad K, mismatched splits or batch size."""
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    n_users, n_items = test.n_users, test.n_items
+    if ks[-1] > n_items:
+        raise ValueError(f"K larger than catalog: max K = {ks[-1]} > n_items = {n_items}")
+    for s in seen:
+        if (s.n_users, s.n_items) != (n_users, n_items):
+            raise ValueError(f"seen split has shape ({s.n_users}, {s.n_items}), test has ({n_users}, {n_items})")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    return ks
+
+
+def _users_to_score(test: Interactions, users: torch.Tensor | None, dev: torch.device) -> torch.Tensor:
+    """The users with test items (among ``users`` when given), on ``dev``."""
+    has_test = test.user_counts() > 0
+    if users is not None:
+        chosen = torch.zeros(test.n_users, dtype=torch.bool)
+        chosen[users.cpu().long()] = True
+        has_test &= chosen
+    return torch.nonzero(has_test).flatten().to(dev)
+
+
+def _masked_scores(model: Scorer, users: torch.Tensor, score_buf: torch.Tensor | None, seen_csr: list,
+                   n_items: int) -> torch.Tensor:
+    """``[B, n_items]`` scores of ``users`` with every seen item at ``-inf``."""
+    nb = int(users.numel())
+    if score_buf is not None:
+        scores = model.full_scores(users, out=score_buf[:nb])  # type: ignore[call-arg]
+    else:
+        scores = model.full_scores(users)
+    if scores.shape != (nb, n_items):
+        raise ValueError(f"full_scores returned {tuple(scores.shape)}, expected {(nb, n_items)}")
+    scores = scores.contiguous()
+    flat_scores = scores.view(-1)
+    for indptr, indices in seen_csr:
+        flat_scores.index_fill_(0, _batch_flat_positions(indptr, indices, users, n_items), -math.inf)
+    return scores
+
+
+class _RankMetrics:
+    """Sums of Recall/NDCG/HR/MRR at each K over the users scored so far (float64)."""
+
+    def __init__(self, ks: list[int], dev: torch.device):
+        self.ks = ks
+        self.discount = 1.0 / torch.log2(torch.arange(2, ks[-1] + 2, device=dev, dtype=torch.float64))
+        self.ideal = torch.cumsum(self.discount, 0)  # ideal[n-1] = IDCG with n relevant items in the top K
+        self.sums = {name: torch.zeros(len(ks), dtype=torch.float64, device=dev) for name in METRICS}
+
+    def add(self, hits: torch.Tensor, n_test: torch.Tensor) -> None:
+        """One batch: ``hits`` ``[B, Kmax]`` (bool, best rank first), ``n_test`` its users' test counts."""
+        hits_f = hits.to(torch.float64)
+        cum_hits = torch.cumsum(hits_f, 1)
+        cum_dcg = torch.cumsum(hits_f * self.discount, 1)
+        # Rank of the first hit (inf when none), so that first <= K tells whether it counts at K.
+        first = torch.where(hits.any(1), hits.to(torch.int8).argmax(1).to(torch.float64) + 1, math.inf)
+        for j, k in enumerate(self.ks):
+            n_hit = cum_hits[:, k - 1]
+            self.sums["recall"][j] += (n_hit / n_test).sum()
+            idcg = self.ideal[torch.clamp(n_test, max=k).long() - 1]
+            self.sums["ndcg"][j] += (cum_dcg[:, k - 1] / idcg).sum()
+            self.sums["hr"][j] += (n_hit > 0).sum()
+            self.sums["mrr"][j] += torch.where(first <= k, 1.0 / first, 0.0).sum()
+
+    def means(self, n_users: int) -> dict[str, float]:
+        means = {name: (v / n_users).tolist() for name, v in self.sums.items()}
+        return {f"{name}@{k}": float(means[name][j]) for j, k in enumerate(self.ks) for name in METRICS}
 
 
 def _batch_flat_positions(
