@@ -47,8 +47,8 @@ def validate(data: DataSettings, search: SearchSettings) -> None:
         raise UsageError(f"--gpus-per-trial must be >= 0 (got {search.gpus_per_trial})")
     if search.catalog_size is not None and search.catalog_size < data.k:
         raise UsageError(f"--catalog-size must be >= --k ({data.k})")
-    if search.teacher_dim < 1 or search.teacher_epochs < 1 or search.latency_threads < 1:
-        raise UsageError("--teacher-dim, --teacher-epochs and --latency-threads must be >= 1")
+    if min(search.teacher_dim, search.teacher_epochs, search.teacher_topn, search.latency_threads) < 1:
+        raise UsageError("--teacher-dim, --teacher-epochs, --teacher-topn and --latency-threads must be >= 1")
     if search.grace_epochs < 1 or search.reduction_factor < 2:
         raise UsageError("--grace-epochs must be >= 1 and --reduction-factor >= 2")
     if search.valid_users < 0:
