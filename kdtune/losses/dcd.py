@@ -111,7 +111,9 @@ def dcd_loss(
     under-estimated items, in draw order, must outrank the over-estimated ones (RRD's listwise loss).
     Total ``(1 - alpha) * BPR + alpha * DCD`` (KDs: ``BPR + lmbda * DCD`` summed over users, ``lmbda``
     0.01). ``T`` is unused (KDs' ``dcd_tau`` belongs to an ablation). The paper's item-side correction
-    is not in KDs' implementation and not here.
+    and the RRD term it adds the corrections to are not in KDs' implementation and not here. Use a small
+    ``alpha``: early on every teacher item looks under-estimated, so both sets are uniform draws from the
+    top-N and half of them are pushed down; at ``alpha = 0.5`` the student collapsed on synthetic data.
     """
     k, t = int(dcd_k), float(dcd_t)
     _topn_check(ctx, k, "dcd_k")
