@@ -1,7 +1,7 @@
 """The loss registry (``LOSSES``, ``get_loss``, ``register``) with every loss registered: BPR and the
 distillation losses, plain functions of tensors registered by name. See :mod:`kdtune.losses.registry`."""
 
-from kdtune.losses import experts, pairwise, ranking  # noqa: F401  (each registers its losses)
+from kdtune.losses import dcd, experts, htd, listwise, pairwise, ranking, unkd  # noqa: F401  (each registers its losses)
 from kdtune.losses.draws import rank_weights, sample_ranks, shared_uninteresting, sorted_topn_of
 from kdtune.losses.experts import DistillationExperts, de_term, gumbel_select, make_de_extra
 from kdtune.losses.pairwise import mse_diff_term, soft_bce_term
