@@ -68,12 +68,14 @@ _SPEC_KEYS = {
 
 
 def _spaces_root() -> Any:
-    """The shipped spaces: the package ``kdtune.spaces`` when installed (it is the repository's
-    ``search_spaces/`` folder, the only copy), else that folder next to the package in a source tree."""
-    try:
-        return importlib.resources.files("kdtune.spaces")
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[1] / "search_spaces"
+    """The shipped spaces: the repository's ``search_spaces/`` folder next to the package in a source tree
+    (the only copy), else the installed package ``kdtune.spaces``. The source tree comes first: the package
+    an editable install registers points at *its* checkout, which need not be the one imported (a second
+    working tree of the repository)."""
+    beside = Path(__file__).resolve().parents[2] / "search_spaces"
+    if beside.is_dir():
+        return beside
+    return importlib.resources.files("kdtune.spaces")
 
 
 def packaged_spaces() -> list[str]:
