@@ -485,22 +485,25 @@ def test_fused_expert_term_matches_every_expert_under_autograd(case):
 
 
 def test_make_step_hands_positives_and_epochs_to_the_loss():
-    seen = []
+    seen, budgets = [], []
 
     def spy(ctx, alpha=0.5):
         seen.append((ctx.positives, ctx.epoch, ctx.draws))
+        budgets.append(ctx.epochs)
         return get_loss("bpr").fn(ctx)
 
     spec = LOSSES["bpr"].__class__("spy", spy, {}, False, "spy")
     model = MF(2, 4, 2, seed=0)
     positives = PositiveSet(pairs([0, 1], [0, 2], 2, 4))
     opt = TableAdamW(model.row_tables(), lr=0.1, lazy=False)
-    step = make_step(model, spec, {}, opt, None, None, torch.Generator(), None, positives, batches_per_epoch=2)
+    step = make_step(model, spec, {}, opt, None, None, torch.Generator(), None, positives, batches_per_epoch=2,
+                     epochs=7)
     for _ in range(5):
         step(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
     opt.close()
     assert all(p is positives for p, _, _ in seen)
     assert [e for _, e, _ in seen] == [0, 0, 1, 1, 2]
+    assert budgets == [7] * 5  # the run's epoch budget, for schedules (de's tau)
     assert all(d is seen[0][2] and isinstance(d, dict) for _, _, d in seen)  # one store for the run
     # without an epoch length, draws are per batch
     step = make_step(model, spec, {}, TableAdamW(model.row_tables(), lr=0.1, lazy=False), None, None,

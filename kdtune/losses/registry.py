@@ -32,6 +32,8 @@ Conventions shared by every loss:
   ``ctx.extra``) only, even if the teacher's parameters still require grad.
 - Sampling draws from ``ctx.generator`` on the generator's device (a seeded generator makes a loss
   deterministic); pass a generator on the training device to avoid host/device copies.
+- Schedules over training (``rd``'s warm-up before its dynamic weight, ``de``'s annealed temperature)
+  read ``ctx.epoch`` (0-based) and ``ctx.epochs`` (the run's epoch budget), both set by ``make_step``.
 - ``T`` is used by ``mse_diff`` (a pure rescaling), ``soft_bce`` and ``cd`` (soft labels); the others
   accept and ignore it (``LossDef.uses_temperature`` says which, so a search need not tune it).
 
@@ -73,6 +75,7 @@ class KDContext:
     positives: PositiveSet | None = None  # the training pairs (rrd keeps them out of its uninteresting items)
     epoch: int = 0  # which epoch the batch belongs to: per-epoch draws are renewed when it changes
     draws: dict | None = None  # per-run store: per-epoch draws, tables derived from topn; None: per batch
+    epochs: int = 1  # the run's epoch budget (``fit``'s ``cfg.epochs``): schedules over epochs (de's tau)
 
 
 def _epoch_draw(
