@@ -105,7 +105,7 @@ class LossDef:
 
     name: str
     fn: Callable[..., torch.Tensor]  # fn(ctx, alpha=..., T=..., **params) -> scalar total loss
-    params: dict[str, float | int]
+    params: dict[str, float | int | str]
     uses_temperature: bool
     description: str
     # (student_dim, teacher_dim, **params) -> module holding the loss's trainable helper parameters
