@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from kdtune.data import Interactions
 from kdtune.data.sampler import PositiveSet
@@ -18,9 +17,10 @@ from kdtune.losses import (
     KDContext,
     bpr_term,
     cd_term,
+    de_tau,
     de_term,
     get_loss,
-    gumbel_select,
+    gumbel_mixture,
     mse_diff_term,
     per_user_uninteresting,
     rank_weights,
@@ -106,7 +106,7 @@ def close(x: torch.Tensor, y: float, tol: float = 1e-5) -> None:
     assert abs(x.item() - y) < tol, (x.item(), y)
 
 
-# ----------------------------------------------------------------------------- every registered loss
+# ----------------------------------------------------------------------------- plain terms
 
 
 def test_bpr_term_hand():
@@ -220,7 +220,7 @@ def test_de_term_hand():
     close(de_term(pred, target), (4.0 + 25.0) / 2)
 
 
-# ----------------------------------------------------------------------------- every registered loss
+# ----------------------------------------------------------------------------- sampling
 
 
 def test_sample_ranks_without_replacement_sorted_and_rank_aware():
@@ -248,27 +248,30 @@ def test_sorted_topn_cache_follows_in_place_edits():
     assert torch.equal(sorted_topn_of(topn.clone()), torch.tensor([[1, 2, 9], [0, 4, 5]]))
 
 
-def test_gumbel_select_one_hot_forward_soft_gradient():
-    logits = torch.tensor([[0.0, 5.0, -1.0], [2.0, 0.0, 0.0]], requires_grad=True)
-    sel = gumbel_select(logits, 1.0, torch.Generator().manual_seed(0))
-    assert torch.allclose(sel.sum(1), torch.ones(2)) and ((sel - sel.round()).abs() < 1e-6).all()
-    (sel * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
-    assert logits.grad is not None and logits.grad.abs().sum() > 0
-    # value and gradient of the textbook form, hard - soft.detach() + soft with the same noise
+def test_gumbel_mixture_hand():
+    logits = torch.tensor([[0.0, 5.0, -1.0], [2.0, 0.0, 0.0]])
+    u = torch.rand(logits.shape, generator=torch.Generator().manual_seed(7))
     for tau in (1.0, 0.3):
-        x = logits.detach().clone().requires_grad_()
-        u = torch.rand(x.shape, generator=torch.Generator().manual_seed(7))
-        soft = torch.softmax((torch.log_softmax(x, -1) - torch.log(-torch.log(u))) / tau, -1)
-        ref = F.one_hot(soft.argmax(-1), 3).float() - soft.detach() + soft
-        w = torch.tensor([[1.0, -2.0, 0.5], [3.0, 0.0, 1.0]])
-        want = torch.autograd.grad((ref * w).sum(), x)[0]
-        y = logits.detach().clone().requires_grad_()
-        got = gumbel_select(y, tau, torch.Generator().manual_seed(7))
-        assert torch.allclose(got, ref, atol=1e-6)
-        assert torch.allclose(torch.autograd.grad((got * w).sum(), y)[0], want, atol=1e-6)
+        got = gumbel_mixture(logits, tau, torch.Generator().manual_seed(7))
+        for m in range(2):
+            logp = [x - math.log(sum(math.exp(y) for y in logits[m].tolist())) for x in logits[m].tolist()]
+            z = [(lp - math.log(-math.log(float(uu)))) / tau for lp, uu in zip(logp, u[m], strict=True)]
+            want = [math.exp(x) / sum(math.exp(y) for y in z) for x in z]
+            assert torch.allclose(got[m], torch.tensor(want), atol=1e-6)
+    # annealed to the reference's end temperature the rows are one-hot, and finite
+    cold = gumbel_mixture(logits, 1e-10, torch.Generator().manual_seed(7))
+    assert torch.isfinite(cold).all() and torch.equal(cold.max(1).values, torch.ones(2))
 
 
-# ----------------------------------------------------------------------------- every registered loss
+def test_de_tau_is_the_reference_annealing():
+    # T_annealing(e, max_epoch, 1, 1e-10) = 1e-10 ** (e / max_epoch), e = epoch - 1 after the first epoch
+    assert de_tau(0, 10, 1.0, 1e-10) == 1.0 and de_tau(1, 10, 1.0, 1e-10) == 1.0
+    assert de_tau(6, 10, 1.0, 1e-10) == pytest.approx(1e-5)
+    assert de_tau(3, 4, 2.0, 0.5) == pytest.approx(2.0 * 0.25 ** 0.5)
+    assert de_tau(50, 10, 1.0, 1e-10) == 1e-10  # never below the end
+
+
+# ----------------------------------------------------------------------------- registered losses, by hand
 
 
 def test_bpr_loss_hand():
@@ -449,13 +452,13 @@ def test_de_loss_hand():
     # student users are one-hot -> experts give 2 e_u; the teacher's user embeddings are one-hot too
     user_term = ((2 - 1) ** 2 + 0 + 0 + (2 - 1) ** 2) / 2
     # items pos [0, 2], neg [3, 1]: student item i = (S[0][i], S[1][i]), teacher item i = (T_[0][i], T_[1][i])
-    item_term = 0.0
-    for i in (0, 2, 3, 1):
-        pred = [2 * max(S[0][i], 0.0), 2 * max(S[1][i], 0.0)]
-        item_term += (T_[0][i] - pred[0]) ** 2 + (T_[1][i] - pred[1]) ** 2
-    item_term /= 4
-    loss = get_loss("de").fn(ctx, alpha=a, T=1.0, de_experts=2, de_tau=0.5)
-    close(loss, BPR + a * (user_term + item_term), tol=1e-4)
+    # the reference's item side: (mean over the distinct positives + mean over the distinct negatives) / 2
+    def item_term(items: list[int]) -> float:
+        return sum((T_[0][i] - 2 * max(S[0][i], 0.0)) ** 2 + (T_[1][i] - 2 * max(S[1][i], 0.0)) ** 2
+                   for i in items) / len(items)
+
+    loss = get_loss("de").fn(ctx, alpha=a, T=1.0, de_experts=2)
+    close(loss, BPR + a * (user_term + 0.5 * (item_term([0, 2]) + item_term([3, 1]))), tol=1e-4)
 
 
 def test_per_user_terms_count_each_distinct_user_once(pools):
@@ -488,17 +491,15 @@ def test_per_user_terms_count_each_distinct_user_once(pools):
 
 
 def test_de_items_are_the_distinct_items_of_the_batch():
-    # identity experts (x -> relu(x), w2 = I): items 0..3 all appear, item 0 three times as a positive
+    # identity experts (x -> relu(x), w2 = I): positives {0, 2} (item 0 three times), negatives {1, 2, 3}
     extra = identity_experts(1.0)
     ctx = repeated_ctx([[1, 2, 3], [0, 1, 3]])
     ctx.extra = extra
     user_term = (0 + 0) / 2  # one-hot student users map exactly onto one-hot teacher users
-    item_term = 0.0
-    for i in range(4):
-        pred = [max(S[0][i], 0.0), max(S[1][i], 0.0)]
-        item_term += (T_[0][i] - pred[0]) ** 2 + (T_[1][i] - pred[1]) ** 2
-    loss = get_loss("de").fn(ctx, alpha=0.5, T=1.0, de_experts=2, de_tau=0.5)
-    close(loss, BPR4 + 0.5 * (user_term + item_term / 4), tol=1e-4)
+    err = [(T_[0][i] - max(S[0][i], 0.0)) ** 2 + (T_[1][i] - max(S[1][i], 0.0)) ** 2 for i in range(4)]
+    item_term = 0.5 * ((err[0] + err[2]) / 2 + (err[1] + err[2] + err[3]) / 3)
+    loss = get_loss("de").fn(ctx, alpha=0.5, T=1.0, de_experts=2)
+    close(loss, BPR4 + 0.5 * (user_term + item_term), tol=1e-4)
 
 
 def test_rrd_hand_with_positives_excluded():
@@ -602,46 +603,37 @@ def test_per_user_uninteresting_small_complement_is_all_of_it():
             assert len(kept) == len(set(kept)) == min(n, len(complement[u])) and set(kept) <= complement[u]
 
 
-
-
-@pytest.mark.parametrize("case", ["unsorted", "empty_expert", "frozen_selector"])
-def test_fused_expert_term_matches_every_expert_under_autograd(case):
-    """The fused DE term (rows reordered by expert, the selected expert's second layer and backward
-    only) has the value and gradients (student rows, experts, selector) of the straight-through mixture
-    of every expert under autograd: ``mean_m ||t_m - sum_e sel_me expert_e(s_m)||^2``."""
+@pytest.mark.parametrize("case", ["plain", "t_grad", "frozen_selector", "cold"])
+def test_expert_mixture_matches_every_expert_under_autograd(case):
+    """DE's two-GEMM mixture (hidden units scaled by their expert's weight) has the value and gradients
+    (student rows, experts, selector, teacher rows) of running every expert under autograd and summing
+    their outputs weighted by the Gumbel-softmax: ``mean_m ||t_m - sum_e w_me expert_e(s_m)||^2``."""
     torch.manual_seed(0)
-    ex = _ExpertSet(3, 4, n_experts=3)
-    if case == "empty_expert":
-        with torch.no_grad():
-            ex.selector.bias[1] = -40.0  # expert 1 is never drawn
+    ex = _ExpertSet(3, 4, n_experts=5)
     if case == "frozen_selector":
-        ex.selector.requires_grad_(False)  # no gradient for the selection: its signal is skipped
+        ex.selector.requires_grad_(False)
+    tau = 1e-10 if case == "cold" else 0.7
     table = torch.randn(60, 3, requires_grad=True)  # the student's rows, read through a callable
     ids = torch.randperm(60)[:40]
-    t = torch.randn(40, 4, requires_grad=case == "unsorted")  # t's gradient: the selector's and -g
-    got = ex(ids, lambda i: table.index_select(0, i), t, 0.7, torch.Generator().manual_seed(5))
+    t = torch.randn(40, 4, requires_grad=case == "t_grad")
+    got = ex(ids, lambda i: table.index_select(0, i), t, tau, torch.Generator().manual_seed(5))
     (1.7 * got).backward()
     params = [x for x in (table, t, *ex.parameters()) if x.requires_grad]
     got_grads = [x.grad.clone() for x in params]
     for x in params:
         x.grad = None
-    sel = gumbel_select(ex.selector(t), 0.7, torch.Generator().manual_seed(5))
-    counts = torch.bincount(sel.argmax(-1), minlength=3)
-    assert (counts[1] == 0) == (case == "empty_expert") and counts.sum() == 40
-    assert not bool((sel.argmax(-1).diff() >= 0).all())  # the rows come unsorted
+    w = gumbel_mixture(ex.selector(t), tau, torch.Generator().manual_seed(5))
     s = table.index_select(0, ids)
-    hidden = torch.relu(torch.einsum("md,edh->meh", s, ex.w1) + ex.b1)
-    every = torch.einsum("meh,eht->met", hidden, ex.w2) + ex.b2
-    ref = de_term((sel.unsqueeze(-1) * every).sum(1), t)
+    every = torch.stack([torch.relu(s @ ex.w1[e] + ex.b1[e]) @ ex.w2[e] + ex.b2[e] for e in range(5)], 1)
+    ref = de_term((w.unsqueeze(-1) * every).sum(1), t)
     assert torch.allclose(got, ref, atol=1e-5)
     (1.7 * ref).backward()
     for g, x in zip(got_grads, params, strict=True):
         assert torch.allclose(g, x.grad, atol=1e-5)
-    if case != "frozen_selector":
+        assert torch.isfinite(g).all()
+    if case == "plain":
         assert ex.selector.weight.grad.abs().sum() > 0
-    with torch.no_grad():
-        again = ex(ids, lambda i: table.index_select(0, i), t, 0.7, torch.Generator().manual_seed(5))
-    assert torch.allclose(again, ref, atol=1e-5)
+        assert all(ex.w2.grad[e].abs().sum() > 0 for e in range(5))  # a soft mixture trains every expert
 
 
 def test_make_step_hands_positives_and_epochs_to_the_loss():
@@ -708,6 +700,25 @@ def test_epoch_draws_are_kept_within_an_epoch_and_renewed_after(name, option, po
     d.fn(ctx, alpha=0.5, T=2.0, **params)
     assert not torch.equal(ctx.draws["epoch_draw"][1][0], table[0])
     assert torch.isfinite(first)
+
+
+def test_de_anneals_its_temperature_over_the_run(monkeypatch):
+    from kdtune.losses import experts
+
+    taus = []
+    real = experts.gumbel_mixture
+
+    def record(logits, tau, generator):
+        taus.append(tau)
+        return real(logits, tau, generator)
+
+    monkeypatch.setattr(experts, "gumbel_mixture", record)
+    for epoch in (0, 6):
+        ctx = hand_ctx(extra=identity_experts(2.0), epoch=epoch, epochs=10)
+        assert torch.isfinite(get_loss("de").fn(ctx, alpha=0.5, de_experts=2))
+    assert taus[:3] == [1.0] * 3 and taus[3:] == [pytest.approx(1e-5)] * 3  # users, positives, negatives
+    with pytest.raises(ValueError, match="de_tau_end"):
+        get_loss("de").fn(hand_ctx(extra=identity_experts(2.0)), alpha=0.5, de_experts=2, de_tau_end=2.0)
 
 
 @pytest.mark.parametrize("per_epoch", [False, True])
@@ -801,6 +812,7 @@ def test_registry():
     assert get_loss("bpr").params == {}
     assert get_loss("rrd").params == {"rrd_k": 10, "rrd_l": 50, "rrd_lambda": 10.0, "rrd_pool": "per_user"}
     # the references' defaults
+    assert get_loss("de").params == {"de_experts": 30, "de_tau_start": 1.0, "de_tau_end": 1e-10}
     assert {k: get_loss("rd").params[k] for k in ("rd_mu", "rd_dynamic_samples", "rd_warmup")} == {
         "rd_mu": 0.1, "rd_dynamic_samples": 100, "rd_warmup": 10}
     assert get_loss("cd").params["cd_guide"] == "student" and get_loss("cd").params["cd_shift"] == 0.0

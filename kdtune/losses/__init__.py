@@ -9,14 +9,14 @@ from kdtune.losses.draws import (
     shared_uninteresting,
     sorted_topn_of,
 )
-from kdtune.losses.experts import DistillationExperts, de_term, gumbel_select, make_de_extra
+from kdtune.losses.experts import DistillationExperts, de_tau, de_term, gumbel_mixture, make_de_extra
 from kdtune.losses.pairwise import mse_diff_term, soft_bce_term
 from kdtune.losses.ranking import cd_term, rd_dynamic_weights, rd_term, rrd_term
 from kdtune.losses.registry import LOSSES, KDContext, LossDef, bpr_term, get_loss, register
 
 __all__ = [
-    "LOSSES", "DistillationExperts", "KDContext", "LossDef", "bpr_term", "cd_term", "de_term", "get_loss",
-    "gumbel_select", "make_de_extra", "mse_diff_term", "per_user_uninteresting", "rank_weights",
+    "LOSSES", "DistillationExperts", "KDContext", "LossDef", "bpr_term", "cd_term", "de_tau", "de_term",
+    "get_loss", "gumbel_mixture", "make_de_extra", "mse_diff_term", "per_user_uninteresting", "rank_weights",
     "rd_dynamic_weights", "rd_term", "register", "rrd_term", "sample_ranks", "shared_uninteresting",
     "soft_bce_term", "sorted_topn_of",
 ]

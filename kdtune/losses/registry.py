@@ -17,9 +17,9 @@ Conventions shared by every loss:
   reference code also takes ``unique`` of the batch's users). A user's weight over an epoch is
   then the number of batches it appears in, which grows with its activity but sub-linearly; computing
   the term per triplet instead recomputed an active user's items once per triplet (17x BPR's cost for
-  ``rrd``). ``de``'s item side is likewise over the batch's distinct items (positives and negatives).
-- ``cd`` and ``rrd`` draw their items **once per epoch for every user**, as the RRD paper's code does,
-  when the training loop says which epoch it is (``ctx.epoch`` and ``ctx.draws``, set by
+  ``rrd``). ``de``'s item side is likewise over the batch's distinct positives and distinct negatives.
+- ``cd``, ``rrd`` and ``rd``'s rank-estimating samples are drawn **once per epoch for every user**, as
+  the RRD paper's code does, when the training loop says which epoch it is (``ctx.epoch`` and ``ctx.draws``, set by
   :func:`kdtune.train.make_step`); a batch then gathers its users' rows. Drawing per batch instead
   (what a context without ``draws`` gets: vectorised over the batch's distinct users) draws for each
   user in every batch it appears in, about 17x more rows per epoch on CiteULike-a; the draws (rank
