@@ -490,6 +490,25 @@ def test_per_user_terms_count_each_distinct_user_once(pools):
     close(cd, (1 - a) * BPR4 + a * cd_by_hand(topn, T) / 6)
 
 
+def test_de_rrd_loss_hand():
+    """DE-RRD: BPR + alpha (lambda_de DE + lambda_rrd RRD), each term as its own loss computes it."""
+    a, l_de, l_rrd = 0.5, 0.7, 0.2
+    topn = [[1, 2, 3], [0, 1, 3]]
+    ctx = hand_ctx(topn, extra=identity_experts(2.0))
+    loss = get_loss("de_rrd").fn(ctx, alpha=a, de_experts=2, rrd_k=3, rrd_l=1, rrd_lambda=1.0, lambda_de=l_de,
+                                 lambda_rrd=l_rrd)
+    # DE as in test_de_loss_hand: experts x -> 2 relu(x) on one-hot users, items pos [0, 2] and neg [3, 1]
+    def item_term(items: list[int]) -> float:
+        return sum((T_[0][i] - 2 * max(S[0][i], 0.0)) ** 2 + (T_[1][i] - 2 * max(S[1][i], 0.0)) ** 2
+                   for i in items) / len(items)
+
+    de = 1.0 + 0.5 * (item_term([0, 2]) + item_term([3, 1]))
+    # RRD as in test_rrd_loss_hand_per_user: each user's complement is its one uninteresting item
+    rrd = (rrd_by_hand([S[0][1], S[0][2], S[0][3]], [S[0][0]]) + rrd_by_hand([S[1][0], S[1][1], S[1][3]],
+                                                                           [S[1][2]])) / 2
+    close(loss, BPR + a * (l_de * de + l_rrd * rrd), tol=1e-4)
+
+
 def test_de_items_are_the_distinct_items_of_the_batch():
     # identity experts (x -> relu(x), w2 = I): positives {0, 2} (item 0 three times), negatives {1, 2, 3}
     extra = identity_experts(1.0)
@@ -808,7 +827,7 @@ def test_alpha_zero_is_bpr(name):
 
 
 def test_registry():
-    assert set(LOSSES) == {"bpr", "mse_diff", "soft_bce", "rd", "cd", "rrd", "de"}
+    assert set(LOSSES) == {"bpr", "mse_diff", "soft_bce", "rd", "cd", "rrd", "de", "de_rrd"}
     assert get_loss("bpr").params == {}
     assert get_loss("rrd").params == {"rrd_k": 10, "rrd_l": 50, "rrd_lambda": 10.0, "rrd_pool": "per_user"}
     # the references' defaults
@@ -817,7 +836,7 @@ def test_registry():
         "rd_mu": 0.1, "rd_dynamic_samples": 100, "rd_warmup": 10}
     assert get_loss("cd").params["cd_guide"] == "student" and get_loss("cd").params["cd_shift"] == 0.0
     assert {n for n, d in LOSSES.items() if d.uses_temperature} == {"mse_diff", "soft_bce", "cd"}
-    assert [n for n, d in LOSSES.items() if d.make_extra] == ["de"]
+    assert [n for n, d in LOSSES.items() if d.make_extra] == ["de", "de_rrd"]
     for d in LOSSES.values():
         assert d.description
     with pytest.raises(ValueError, match="bpr.*cd.*de.*mse_diff.*rd.*rrd.*soft_bce"):

@@ -74,8 +74,8 @@ def test_default_space_contents() -> None:
     temperature = [name for name in space.losses if LOSSES[name].uses_temperature]
     assert set(space.conditional["T"].when["loss"]) == set(temperature)
     # every parameter of every searched loss is searched, except those left at the reference's defaults
-    # (DE's temperature schedule, RD's sample count, CD's label shift, RRD's per-user pool)
-    at_defaults = {"de_tau_start", "de_tau_end", "rd_dynamic_samples", "cd_shift", "rrd_pool"}
+    # (DE's temperature schedule, RD's sample count, CD's label shift, RRD's per-user pool, DE-RRD's DE weight)
+    at_defaults = {"de_tau_start", "de_tau_end", "rd_dynamic_samples", "cd_shift", "rrd_pool", "lambda_de"}
     searched = set(space.conditional)
     for name in space.losses:
         assert set(LOSSES[name].params) - at_defaults <= searched, name

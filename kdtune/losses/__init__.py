@@ -1,7 +1,8 @@
 """The loss registry (``LOSSES``, ``get_loss``, ``register``) with every loss registered: BPR and the
 distillation losses, plain functions of tensors registered by name. See :mod:`kdtune.losses.registry`."""
 
-from kdtune.losses import experts, pairwise, ranking  # noqa: F401  (each registers its losses)
+from kdtune.losses import experts, pairwise, ranking  # noqa: F401, I001  (each registers its losses)
+from kdtune.losses import combined  # noqa: F401  (registers its losses after the ones it combines)
 from kdtune.losses.draws import (
     per_user_uninteresting,
     rank_weights,

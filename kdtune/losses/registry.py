@@ -7,8 +7,8 @@ functions only gather tensors from ``ctx`` and call them.
 
 Conventions shared by every loss:
 
-- total = ``(1 - alpha) * BPR + alpha * soft`` (``de`` follows its paper: ``BPR + alpha * DE``), so
-  ``alpha = 0`` is the plain student for every loss.
+- total = ``(1 - alpha) * BPR + alpha * soft`` (``de`` and ``de_rrd`` follow their paper: ``BPR + alpha *
+  soft``), so ``alpha = 0`` is the plain student for every loss.
 - The BPR part, ``mse_diff`` and ``soft_bce`` are per triplet: a mean over the batch's triplets.
 - ``rd``, ``cd``, ``rrd`` and ``de``'s user side are **per-user** objectives in their papers (a sum over
   users of a term over that user's items). They are computed once per **distinct user of the batch**
@@ -39,7 +39,9 @@ Conventions shared by every loss:
 
 The registry and what every loss shares live here; the losses themselves, one module per family:
 :mod:`~kdtune.losses.pairwise` (bpr, mse_diff, soft_bce), :mod:`~kdtune.losses.ranking` (rd, cd, rrd),
-:mod:`~kdtune.losses.experts` (de); their draws from the teacher's ranking in :mod:`~kdtune.losses.draws`.
+:mod:`~kdtune.losses.experts` (de), :mod:`~kdtune.losses.combined` (de_rrd); their draws in
+:mod:`~kdtune.losses.draws`. Each loss follows its reference code by default (its docstring's first line
+names the paper and the repository); its docstring says where and why it departs from it.
 """
 
 from __future__ import annotations
