@@ -193,8 +193,8 @@ def cd_loss(
     ``cd_guide`` says whose ranking the items come from: ``teacher`` (the teacher's top-N, ``ctx.topn``),
     ``student`` (the student's current top-N, training positives left out, ranked once per epoch for every
     user: the reference's default strategy, "student guide", re-ranked each epoch) or ``hybrid`` (half
-    of the items, rounded up, from the teacher's ranking and the rest from the student's; kdtune's mix, the
-    references have the two pure strategies only). N is the teacher's top-N length. The reference draws
+    of the items, rounded up, from the teacher's ranking and the rest from the student's, so an item both
+    rank high may be drawn twice; kdtune's mix, the references have the two pure strategies only). N is the teacher's top-N length. The reference draws
     from its guide's top 3,000 by a better-of-two race instead of ``exp(-r / lambda)`` over the top-N.
     """
     k = int(cd_samples)
