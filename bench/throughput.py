@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kdtune.data import Interactions, load, split  # noqa: E402
 from kdtune.data.sampler import BPRSampler  # noqa: E402
-from kdtune.losses import get_loss  # noqa: E402
+from kdtune.losses import LOSSES, get_loss  # noqa: E402
 from kdtune.losses.experts import _ExpertSet  # noqa: E402
 from kdtune.model.mf import MF  # noqa: E402
 from kdtune.train.fit import OPTIMIZERS, make_optimizer, make_step, train_epoch  # noqa: E402
@@ -96,34 +96,36 @@ def time_kdtune(train, dim, batch_size, batches, loss="bpr", teacher=None, topn=
     return n / (time.perf_counter() - t0)
 
 
-def de_gemm_floor(train: Interactions, dim: int, teacher_dim: int, batch_size: int, n_experts: int = 5,
+def de_gemm_floor(train: Interactions, dim: int, teacher_dim: int, batch_size: int, n_experts: int | None = None,
                   repeats: int = 15) -> float:
     """Seconds per batch of the matrix products DE's definition requires, and nothing else.
 
-    For a real batch's distinct users and distinct items (the rows DE maps), with the DE-RRD reference
-    code's expert width ``h = (dim + teacher_dim) / 2``: every expert's hidden layer ``s @ W1``
-    (``[M, dim] x [dim, E h]``: the selection's gradient ``<g, expert_e(s)>`` needs each expert's
-    output for each row), that gradient's ``g @ W2^T`` (``[M, dt] x [dt, E h]``), and the selected
-    expert's second layer forward and its weight and input gradients. Elementwise work, the selection
-    network, BPR and the optimiser are left out, so a DE step costs at least BPR's step plus this.
+    For a real batch's distinct users, distinct positives and distinct negatives (the rows DE maps), with
+    the DE-RRD reference code's expert width ``h = (dim + teacher_dim) / 2`` and ``de``'s default number of
+    experts: every expert's hidden layer ``s @ W1`` (``[M, dim] x [dim, E h]``), the soft mixture's output
+    (the weighted hidden units ``[M, E h] x [E h, dt]``: a soft mixture needs every expert's output for
+    every row), and their backward: ``g @ W2^T``, the W2 and W1 gradients and the student rows' gradient.
+    Elementwise work, the selection network, BPR and the optimiser are left out, so a DE step costs at
+    least BPR's step plus this.
     """
+    if n_experts is None:
+        n_experts = int(get_loss("de").params["de_experts"])
     gen = torch.Generator().manual_seed(0)
     users, pos, neg = next(iter(BPRSampler(train, batch_size=batch_size, generator=gen).epoch()))
     e, _, h = _ExpertSet(dim, teacher_dim, n_experts).w1.shape  # the experts' own shapes
     sides = []
-    for m in (users.unique().numel(), torch.cat([pos, neg]).unique().numel()):
+    for m in (users.unique().numel(), pos.unique().numel(), neg.unique().numel()):
         sides.append((torch.randn(m, dim), torch.randn(m, teacher_dim), torch.randn(dim, e * h),
-                      torch.randn(teacher_dim, e * h), torch.randn(m, h), torch.randn(h, teacher_dim),
-                      torch.randn(h, dim)))
+                      torch.randn(e * h, teacher_dim), torch.randn(m, e * h)))
 
     def products() -> None:
-        for s, g, w1, w2t, hid, w2, w1t in sides:
+        for s, g, w1, w2, hid in sides:
             s @ w1  # every expert's hidden layer
-            g @ w2t  # every expert's W2_e g, for the selection's gradient (and the hidden layer's)
-            hid @ w2  # the selected expert's output
-            hid.T @ g  # its W2 gradient
-            s.T @ hid  # its W1 gradient
-            hid @ w1t  # the student rows' gradient
+            hid @ w2  # the mixture of every expert's output
+            dh = g @ w2.T  # the hidden layers' gradient (and the selection's)
+            hid.T @ g  # W2's gradient
+            s.T @ dh  # W1's gradient
+            dh @ w1.T  # the student rows' gradient
 
     products()
     times = []
@@ -138,7 +140,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(DEFAULT_DATA) if DEFAULT_DATA.exists() else "synthetic")
     p.add_argument("--dims", type=int, nargs="+", default=[8, 16, 32, 64])
-    p.add_argument("--losses", nargs="+", default=["bpr", "mse_diff", "soft_bce", "rd", "cd", "rrd", "de"])
+    p.add_argument("--losses", nargs="+", default=["bpr", *(n for n in LOSSES if n != "bpr")],
+                   help="losses to time (default: every registered loss)")
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--batches", type=int, default=None,
                    help="timed batches per kdtune run (default: one whole epoch, as training runs it)")
@@ -198,7 +201,7 @@ def main() -> None:
 
     if de_floors:
         print("\nde's floor: the matrix products its definition needs for one batch (every expert's hidden layer and")
-        print("<g, expert_e(s)> for each distinct user and item, the selected expert's forward and backward) vs BPR's step")
+        print("output for each distinct user, positive and negative, forward and backward) vs BPR's step")
         print(f"{'dim':>4} {'products ms':>12} {'bpr step ms':>12} {'best possible de vs bpr':>24}")
         for dim, (floor, bpr_step) in de_floors.items():
             print(f"{dim:>4} {floor * 1e3:>12.2f} {bpr_step * 1e3:>12.2f} {bpr_step / (bpr_step + floor):>24.3f}")

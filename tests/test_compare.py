@@ -54,3 +54,11 @@ def test_malformed_citeulike_line_names_file_and_line(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(bad) in proc.stderr and "2" in proc.stderr
+
+
+def test_loss_params_parse_to_their_defaults_types():
+    from kdtune.cli.compare import parse_loss_params
+
+    got = parse_loss_params(["cd_samples=4", "cd_lambda=2.5", "cd_guide=teacher"], "cd")
+    assert got == {"cd_samples": 4, "cd_lambda": 2.5, "cd_guide": "teacher"}
+    assert isinstance(got["cd_samples"], int)

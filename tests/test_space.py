@@ -20,6 +20,7 @@ from kdtune.search.spacefile import (
     packaged_spaces,
     parse_space,
 )
+from kdtune.search.trainable import split_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,8 +59,11 @@ def test_packaged_spaces_load_and_are_the_repo_copies(name: str) -> None:
     by_name, by_path = load_space(name), load_space(repo_copy)
     assert by_name.to_dict() == by_path.to_dict()
     assert by_name.name == name
-    for key in ("lr", "dim", "loss", "alpha"):
+    for key in ("lr", "dim", "loss"):
         assert key in by_name.params
+    # every distillation loss gets a KD weight: the shared alpha or its own <loss>_weight
+    for loss in by_name.losses:
+        assert "alpha" in by_name.params or LOSSES[loss].weight_key in by_name.conditional, loss
     assert set(by_name.losses) <= set(LOSSES)
     assert "bpr" not in by_name.losses  # plain students are the driver's baselines
     assert set(by_name.fixed) <= set(TRAIN_KEYS)
@@ -71,12 +75,19 @@ def test_default_space_contents() -> None:
     assert space.dims() == [4, 8, 16, 32]
     assert space.lr_range() == (1e-3, 3e-2)
     assert set(space.losses) == set(LOSSES) - {"bpr"}
-    temperature = [name for name in space.losses if LOSSES[name].uses_temperature]
-    assert set(space.conditional["T"].when["loss"]) == set(temperature)
-    # every parameter of every searched loss is searched (except de_tau, left at its default)
+    # each loss its own KD weight (log scale) and, where it uses one, its own temperature; no shared ones
+    assert "alpha" not in space.params and "T" not in space.conditional
+    for name in space.losses:
+        weight = space.conditional[LOSSES[name].weight_key]
+        assert weight.when == {"loss": (name,)} and weight.log and weight.low <= 1e-3, name
+        assert (LOSSES[name].temperature_key in space.conditional) == LOSSES[name].uses_temperature, name
+    # every parameter of every searched loss is searched, except those left at the reference's defaults
+    # (DE's temperature schedule, RD's sample count, CD's label shift, RRD's per-user pool, DE-RRD's DE weight)
+    at_defaults = {"de_tau_start", "de_tau_end", "rd_dynamic_samples", "cd_shift", "rrd_pool", "lambda_de"}
     searched = set(space.conditional)
     for name in space.losses:
-        assert set(LOSSES[name].params) - {"de_tau"} <= searched, name
+        assert set(LOSSES[name].params) - at_defaults <= searched, name
+    assert space.conditional["cd_guide"].choices == ("teacher", "student", "hybrid")
 
 
 def test_smoke_space_is_small() -> None:
@@ -242,10 +253,14 @@ def test_suggest_conditional_keys(name: str) -> None:
         assert config["dim"] in space.dims()
         lo, hi = space.lr_range()
         assert lo <= config["lr"] <= hi
-        if "T" in config:
-            assert LOSSES[loss].uses_temperature
-        # what the trainable accepts: every key a trainer/model key or a parameter of this loss
-        assert set(config) <= set(TRAIN_KEYS) | set(MODEL_KEYS) | set(LOSSES[loss].params)
+        spec = LOSSES[loss]
+        if "T" in config or spec.temperature_key in config:
+            assert spec.uses_temperature
+        # no ignored dimension: every key a trainer/model key, a parameter of this loss or its own weight or
+        # temperature, and the trainable takes them all
+        own = {spec.weight_key} | ({spec.temperature_key} if spec.uses_temperature else set())
+        assert set(config) <= set(TRAIN_KEYS) | set(MODEL_KEYS) | set(spec.params) | own
+        split_config(config)
         study.tell(trial, [0.1, 1.0])
     assert seen == set(space.losses)
 

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 
 from kdtune.report.study import STUDY_FILE, distribution, load_study, write_study
 from kdtune.search.pareto import pareto_front
-from kdtune.search.spacefile import Param, SearchSpace, load_space
+from kdtune.search.spacefile import Param, SearchSpace, load_space, parse_space
 
 OBJ = {"recall@20": "max", "latency_ms": "min"}
 NaN = float("nan")
@@ -27,9 +27,20 @@ def _row(tid, loss, dim, lr, alpha, recall, lat, **extra):
             "recall@20": recall, "latency_ms": lat, **extra}
 
 
+def shared_weight_space() -> SearchSpace:
+    """The default space with one shared ``alpha`` and ``T`` instead of each loss's own weight and temperature
+    (a space a user may write; the rows below are trials of such a space)."""
+    data = load_space("default").to_dict()
+    data["params"]["alpha"] = {"type": "float", "low": 0.1, "high": 0.9}
+    data["conditional"] = {n: p for n, p in data["conditional"].items() if not n.endswith(("_weight", "_T"))}
+    data["conditional"]["T"] = {"when": {"loss": ["soft_bce", "cd", "listwise"]}, "type": "float", "low": 1.0,
+                                "high": 10.0, "log": True}
+    return parse_space(data, name="default")
+
+
 @pytest.fixture
 def space() -> SearchSpace:
-    return load_space("default")
+    return shared_weight_space()
 
 
 @pytest.fixture
@@ -39,11 +50,12 @@ def candidates() -> pd.DataFrame:
     rows = [
         _row("t0", "mse_diff", 8, 0.01, 0.5, 0.15, 0.20, T=2.0, test_recall=0.14, epochs_run=12),
         _row("t1", "soft_bce", 16, 0.002, 0.3, 0.19, 0.30, T=5.5, stopped_early=np.bool_(True)),
-        _row("t2", "rd", 4, 0.02, 0.7, 0.08, 0.10, rd_k=10.0, rd_lambda=3.0, bytes=np.int64(4096)),
-        _row("t3", "cd", 32, 0.005, 0.2, 0.21, 0.50, T=1.5, cd_samples=20.0, cd_lambda=10.0),
+        _row("t2", "rd", 4, 0.02, 0.7, 0.08, 0.10, rd_k=10.0, rd_lambda=3.0, rd_mu=0.1, rd_warmup=10.0,
+             bytes=np.int64(4096)),
+        _row("t3", "cd", 32, 0.005, 0.2, 0.21, 0.50, T=1.5, cd_samples=20.0, cd_lambda=10.0, cd_guide="hybrid"),
         _row("t4", "rrd", 16, 0.004, 0.9, 0.12, 0.40, rrd_k=7.0, rrd_l=150.0, rrd_lambda=30.0),
         _row("t5", "de", 32, 0.003, 0.6, 0.21, 0.50, de_experts=4.0, precision="bfloat16"),  # ties t3
-        _row("t6", "rd", 8, 0.01, 0.4, 0.13, NaN, rd_k=25.0, rd_lambda=1.5),  # never reported latency
+        _row("t6", "rd", 8, 0.01, 0.4, 0.13, NaN, rd_k=25.0, rd_lambda=1.5, rd_mu=0.5, rd_warmup=3.0),  # never reported latency
         {"trial_id": "plain-dim4", "kind": "plain", "loss": "bpr", "dim": 4, "lr": 0.0054772,
          "recall@20": 0.09, "latency_ms": 0.09, "test_recall": 0.085},
         {"trial_id": "plain-dim16", "kind": "plain", "loss": "bpr", "dim": 16, "lr": 0.03,
@@ -116,6 +128,7 @@ def test_conditional_params_only_where_active(written, candidates, space):
     for row in candidates[candidates["kind"] == "distilled"].to_dict("records"):
         assert list(trials[row["trial_id"]].params) == space.active_params(row)
     assert set(trials["t4"].params) == {"lr", "dim", "alpha", "loss", "rrd_k", "rrd_l", "rrd_lambda"}
+    assert trials["t3"].params["cd_guide"] == "hybrid"  # a string choice of a loss round-trips
     assert "T" not in trials["t2"].params and "T" not in trials["t2"].user_attrs
 
 
@@ -253,7 +266,7 @@ def test_failed_write_keeps_the_previous_file(tmp_path, candidates, space, monke
 
 
 def test_plain_value_outside_a_distribution_becomes_an_attribute(tmp_path):
-    space = load_space("default")
+    space = shared_weight_space()
     space.params["lr"] = Param("lr", "categorical", choices=(0.001, 0.03))
     df = pd.DataFrame([{"trial_id": "plain-dim4", "kind": "plain", "dim": 4, "lr": 0.0054772, "loss": "bpr",
                         "recall@20": 0.05, "latency_ms": 0.1}])

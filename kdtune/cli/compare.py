@@ -50,7 +50,11 @@ def parse_loss_params(items: list[str] | None, loss: str) -> dict:
         name, sep, value = item.partition("=")
         if not sep or name not in known:
             raise UsageError(f"--loss-param {item!r}: expected NAME=VALUE with NAME in {sorted(known)}")
-        out[name] = type(known[name])(float(value)) if isinstance(known[name], int) else float(value)
+        default = known[name]
+        if isinstance(default, str):  # a choice, e.g. cd_guide=teacher
+            out[name] = value
+        else:
+            out[name] = int(float(value)) if isinstance(default, int) else float(value)
     return out
 
 

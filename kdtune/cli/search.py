@@ -18,7 +18,7 @@ from kdtune.data import prepare
 from kdtune.errors import UsageError
 from kdtune.search.cluster import start_ray
 from kdtune.search.run import FINISHED, Run
-from kdtune.search.spacefile import load_space
+from kdtune.search.spacefile import check_teacher_list, load_space
 
 # URI schemes pyarrow's filesystems resolve (Ray Tune reads its storage through them); fsspec's are added
 # when fsspec is installed.
@@ -86,6 +86,7 @@ def resumable(run_dir: str) -> Run:
         raise UsageError(f"{run.dir} already finished; export it with: python -m kdtune.export {run.dir}")
     validate(run.data, run.search)
     run.attach(*prepare(run.data), load_space(run.space_path))
+    check_teacher_list(run.space, run.search.teacher_topn)
     return run
 
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         # everything the user can get wrong is checked before a directory is created
         validate(data, search)
         space = load_space(search.space)
+        check_teacher_list(space, search.teacher_topn)
         run_dir = Run.new_dir(search.out)
         interactions, split = prepare(data)
     started_ray = start_ray(search)

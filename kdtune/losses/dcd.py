@@ -94,7 +94,7 @@ def dcd_term(s_under: torch.Tensor, s_over: torch.Tensor) -> torch.Tensor:
 
 @register(
     "dcd",
-    uses_temperature=False,
+    uses_temperature=False, list_params=("dcd_k",),
     description="Dual Correction Distillation (Lee & Kim 2021): teacher items the student under-/over-ranks, "
     "sampled by rank gap each epoch, listwise",
 )

@@ -1,5 +1,5 @@
-"""Sampling helpers of the distillation losses: rank-aware draws from the teacher's top-N and
-uniform draws outside it (and outside the user's training positives).
+"""Sampling helpers of the distillation losses: rank-aware draws from a top-N ranking (the teacher's, or
+the student's own), uniform draws outside it (and outside the user's training positives).
 
 Every draw is one vectorised operation over all rows of a batch (one row per distinct user), from
 the caller's generator on the generator's device, so a seeded generator makes a loss deterministic.
@@ -77,6 +77,113 @@ def shared_uninteresting(
     if positives is not None:
         hit |= positives.contains(users.unsqueeze(1).expand_as(cells), cells)
     return pool, ~hit
+
+
+def per_user_uninteresting(
+    users: torch.Tensor,
+    topn: torch.Tensor,
+    n_items: int,
+    n: int,
+    generator: torch.Generator,
+    positives: PositiveSet | None = None,
+    store: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RRD's uninteresting items as the DE-RRD reference draws them (SeongKu-Kang/DE-RRD_CIKM20,
+    ``Utils/dataset.py``, ``URRD_sampling``: ``multinomial(mask, L, replacement=False)``): for each of
+    ``users``, ``n`` distinct items drawn uniformly **without replacement** from its complement (outside its
+    top-N ``topn`` and its training positives). Returns ``(items [U, n], valid [U, n])``.
+
+    One vectorised pass instead of a multinomial over a ``[users, n_items]`` mask: each row draws
+    ``2 n + 16`` items uniformly with replacement and keeps, in draw order, the first ``n`` that are
+    neither excluded nor a repeat of an earlier draw of the row. Skipping repeats and excluded items of an
+    i.i.d. uniform stream is sequential sampling without replacement from the complement, so the kept set
+    is a uniform ``n``-subset of it. A row that keeps fewer than ``n`` (a small complement, or bad luck) is
+    drawn again exactly: the ``n`` smallest of uniform keys over the catalogue, excluded items keyed out.
+    ``valid`` is False only where a user's complement has fewer than ``n`` items (those cells repeat a
+    valid item or item 0 and must be left out of the term).
+    """
+    dev = topn.device
+    m = 2 * n + 16
+    cand = torch.randint(n_items, (len(users), m), generator=generator, device=generator.device).to(dev)
+    keep = ~_excluded(users, cand, topn, n_items, positives, store)
+    # a repeat is a later copy of an item drawn earlier in the row: a stable sort puts the first copy first
+    vals, idx = cand.sort(dim=1, stable=True)
+    keep.scatter_(1, idx[:, 1:], keep.gather(1, idx[:, 1:]) & (vals[:, 1:] != vals[:, :-1]))
+    first = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :n]  # kept cells first, in order
+    items, valid = cand.gather(1, first), keep.gather(1, first)
+    short = (~valid.all(1)).nonzero().squeeze(1)
+    if len(short):
+        items[short], valid[short] = _uninteresting_exact(users[short], topn, n_items, n, generator,
+                                                          positives, store)
+    return items, valid
+
+
+def _uninteresting_exact(users: torch.Tensor, topn: torch.Tensor, n_items: int, n: int,
+                         generator: torch.Generator, positives: PositiveSet | None,
+                         store: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`per_user_uninteresting` for a few rows, over the whole catalogue: ``min(n, n_items)`` largest
+    of uniform keys, excluded items keyed -1 (so they come last and are marked invalid)."""
+    every = torch.arange(n_items, device=topn.device).expand(len(users), n_items)
+    keys = torch.rand(len(users), n_items, generator=generator, device=generator.device).to(topn.device)
+    keys.masked_fill_(_excluded(users, every, topn, n_items, positives, store), -1.0)
+    top, items = keys.topk(min(n, n_items), dim=1)
+    valid = top >= 0
+    if n > n_items:  # more cells than items: the rest are padding, never valid
+        items = torch.cat([items, items.new_zeros(len(users), n - n_items)], 1)
+        valid = torch.cat([valid, valid.new_zeros(len(users), n - n_items)], 1)
+    return items, valid
+
+
+def uniform_non_positives(users: torch.Tensor, n_items: int, n: int, generator: torch.Generator,
+                          positives: PositiveSet | None = None, max_redraws: int = 30) -> torch.Tensor:
+    """``[U, n]`` items drawn uniformly (with replacement) for each of ``users``, outside its training
+    positives: draws that hit a positive are redrawn, all at once, up to ``max_redraws`` rounds (a user who
+    has seen nearly every item keeps its last draws)."""
+    items = torch.randint(n_items, (len(users), n), generator=generator, device=generator.device)
+    items = items.to(users.device)
+    if positives is None:
+        return items
+    rows = users.unsqueeze(1).expand_as(items)
+    for _ in range(max_redraws):
+        bad = positives.contains(rows, items).nonzero(as_tuple=True)
+        if not len(bad[0]):
+            break
+        redraw = torch.randint(n_items, (len(bad[0]),), generator=generator, device=generator.device)
+        items[bad] = redraw.to(items.device)
+    return items
+
+
+@torch.no_grad()
+def model_topn(model: torch.nn.Module, users: torch.Tensor, n: int, positives: PositiveSet | None = None,
+               chunk: int = 1024) -> torch.Tensor:
+    """Each of ``users``' top-``n`` items by ``model``'s current scores, best first, its training positives
+    left out: int64 ``[U, n]`` (the student's own ranking, for ``cd``'s student-guided draws)."""
+    out = torch.empty(len(users), n, dtype=torch.int64, device=users.device)
+    for a in range(0, len(users), chunk):
+        rows = users[a : a + chunk]
+        scores = model.full_scores(rows)
+        if positives is not None and positives.bitmap is not None:  # the users' rows of the bitmap
+            scores.masked_fill_(positives.bitmap.view(-1, scores.shape[1]).index_select(0, rows), -torch.inf)
+        elif positives is not None:
+            every = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
+            scores.masked_fill_(positives.contains(rows.unsqueeze(1).expand_as(scores), every), -torch.inf)
+        out[a : a + chunk] = scores.topk(n, dim=1).indices
+    return out
+
+
+def _excluded(users: torch.Tensor, cells: torch.Tensor, topn: torch.Tensor, n_items: int,
+              positives: PositiveSet | None, store: dict | None) -> torch.Tensor:
+    """Bool ``[U, M]``: ``cells[r, j]`` is in user ``users[r]``'s top-N or among its training positives."""
+    bits = _exclusion_bitmap(topn, positives, n_items, store)
+    rows = users.unsqueeze(1).expand_as(cells)
+    if bits is not None:
+        return bits[cells, rows]
+    sorted_rows = sorted_topn_of(topn, store)[users]  # [U, N], sorted by item id
+    at = torch.searchsorted(sorted_rows, cells.contiguous()).clamp_(max=sorted_rows.shape[1] - 1)
+    hit = sorted_rows.gather(1, at) == cells
+    if positives is not None:
+        hit |= positives.contains(rows, cells)
+    return hit
 
 
 def _derived(store: dict | None, name: str, build: Callable[[], torch.Tensor]) -> torch.Tensor:

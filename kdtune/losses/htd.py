@@ -113,7 +113,7 @@ def topology_term(s: torch.Tensor, t: torch.Tensor, groups: torch.Tensor) -> tor
 
 @register(
     "htd",
-    uses_temperature=False,
+    uses_temperature=False, additive=True,
     make_extra=make_htd_extra,
     description="Hierarchical Topology Distillation (Kang et al. 2021): BPR + a [b TD + (1-b) GA], "
     "cosine topology within teacher-assigned groups",

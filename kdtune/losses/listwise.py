@@ -25,7 +25,7 @@ def listwise_term(s: torch.Tensor, t: torch.Tensor, T: float) -> torch.Tensor:
 
 @register(
     "listwise",
-    uses_temperature=True,
+    uses_temperature=True, list_params=("listwise_k",),
     description="listwise Hinton KD: T^2 KL(softmax(t/T) || softmax(s/T)) over each user's top-K teacher items",
 )
 def listwise_loss(ctx: KDContext, alpha: float = 0.5, T: float = 1.0, listwise_k: int = 10) -> torch.Tensor:

@@ -30,11 +30,13 @@ def bpr_loss(ctx: KDContext, alpha: float = 0.5, T: float = 1.0) -> torch.Tensor
 
 @register(
     "mse_diff",
-    uses_temperature=True,
-    description="(1-a) BPR + a T^2 MSE(student pair margin, teacher pair margin); T only rescales",
+    uses_temperature=False,
+    description="(1-a) BPR + a MSE(student pair margin, teacher pair margin); no temperature (T^2 would only "
+    "rescale the term, a second weight)",
 )
 def mse_diff_loss(ctx: KDContext, alpha: float = 0.5, T: float = 1.0) -> torch.Tensor:
-    """Match the teacher's pair margins; ``T^2`` just scales the soft part (as specified), no softening."""
+    """Match the teacher's pair margins. ``T`` (1 unless given) would only scale the soft part by ``T^2``,
+    a second KD weight, so the loss does not count as using a temperature and a search never tunes it."""
     s_diff = _bpr_margin(ctx)
     return (1 - alpha) * bpr_term(s_diff) + alpha * mse_diff_term(s_diff, _teacher_diff(ctx), T)
 

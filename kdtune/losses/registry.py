@@ -7,8 +7,8 @@ functions only gather tensors from ``ctx`` and call them.
 
 Conventions shared by every loss:
 
-- total = ``(1 - alpha) * BPR + alpha * soft`` (``de`` follows its paper: ``BPR + alpha * DE``), so
-  ``alpha = 0`` is the plain student for every loss.
+- total = ``(1 - alpha) * BPR + alpha * soft`` (``de`` and ``de_rrd`` follow their paper: ``BPR + alpha *
+  soft``), so ``alpha = 0`` is the plain student for every loss.
 - The BPR part, ``mse_diff`` and ``soft_bce`` are per triplet: a mean over the batch's triplets.
 - ``rd``, ``cd``, ``rrd`` and ``de``'s user side are **per-user** objectives in their papers (a sum over
   users of a term over that user's items). They are computed once per **distinct user of the batch**
@@ -17,9 +17,9 @@ Conventions shared by every loss:
   reference code also takes ``unique`` of the batch's users). A user's weight over an epoch is
   then the number of batches it appears in, which grows with its activity but sub-linearly; computing
   the term per triplet instead recomputed an active user's items once per triplet (17x BPR's cost for
-  ``rrd``). ``de``'s item side is likewise over the batch's distinct items (positives and negatives).
-- ``cd`` and ``rrd`` draw their items **once per epoch for every user**, as the RRD paper's code does,
-  when the training loop says which epoch it is (``ctx.epoch`` and ``ctx.draws``, set by
+  ``rrd``). ``de``'s item side is likewise over the batch's distinct positives and distinct negatives.
+- ``cd``, ``rrd`` and ``rd``'s rank-estimating samples are drawn **once per epoch for every user**, as
+  the RRD paper's code does, when the training loop says which epoch it is (``ctx.epoch`` and ``ctx.draws``, set by
   :func:`kdtune.train.make_step`); a batch then gathers its users' rows. Drawing per batch instead
   (what a context without ``draws`` gets: vectorised over the batch's distinct users) draws for each
   user in every batch it appears in, about 17x more rows per epoch on CiteULike-a; the draws (rank
@@ -32,12 +32,16 @@ Conventions shared by every loss:
   ``ctx.extra``) only, even if the teacher's parameters still require grad.
 - Sampling draws from ``ctx.generator`` on the generator's device (a seeded generator makes a loss
   deterministic); pass a generator on the training device to avoid host/device copies.
+- Schedules over training (``rd``'s warm-up before its dynamic weight, ``de``'s annealed temperature)
+  read ``ctx.epoch`` (0-based) and ``ctx.epochs`` (the run's epoch budget), both set by ``make_step``.
 - ``T`` is used by ``mse_diff`` (a pure rescaling), ``soft_bce`` and ``cd`` (soft labels); the others
   accept and ignore it (``LossDef.uses_temperature`` says which, so a search need not tune it).
 
 The registry and what every loss shares live here; the losses themselves, one module per family:
 :mod:`~kdtune.losses.pairwise` (bpr, mse_diff, soft_bce), :mod:`~kdtune.losses.ranking` (rd, cd, rrd),
-:mod:`~kdtune.losses.experts` (de); their draws from the teacher's ranking in :mod:`~kdtune.losses.draws`.
+:mod:`~kdtune.losses.experts` (de), :mod:`~kdtune.losses.combined` (de_rrd); their draws in
+:mod:`~kdtune.losses.draws`. Each loss follows its reference code by default (its docstring's first line
+names the paper and the repository); its docstring says where and why it departs from it.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ class KDContext:
     positives: PositiveSet | None = None  # the training pairs (rrd keeps them out of its uninteresting items)
     epoch: int = 0  # which epoch the batch belongs to: per-epoch draws are renewed when it changes
     draws: dict | None = None  # per-run store: per-epoch draws, tables derived from topn; None: per batch
+    epochs: int = 1  # the run's epoch budget (``fit``'s ``cfg.epochs``): schedules over epochs (de's tau)
 
 
 def _epoch_draw(
@@ -102,22 +107,51 @@ class LossDef:
 
     name: str
     fn: Callable[..., torch.Tensor]  # fn(ctx, alpha=..., T=..., **params) -> scalar total loss
-    params: dict[str, float | int]
+    params: dict[str, float | int | str]
     uses_temperature: bool
     description: str
     # (student_dim, teacher_dim, **params) -> module holding the loss's trainable helper parameters
     make_extra: Callable[..., nn.Module] | None = None
+    additive: bool = False  # total = BPR + alpha * KD (its paper's form) instead of (1 - alpha) BPR + alpha KD
+    list_params: tuple[str, ...] = ()  # params counting positions of the teacher's top-N list (<= its length)
+
+    @property
+    def weight_key(self) -> str:
+        """The search-space name of this loss's KD weight (e.g. ``rd_weight``): each loss has its own, so
+        that a sampler learns each loss's weight from that loss's trials only."""
+        return f"{self.name}_weight"
+
+    @property
+    def temperature_key(self) -> str:
+        """The search-space name of this loss's temperature (``cd_T``), for losses that use one."""
+        return f"{self.name}_T"
+
+    def alpha(self, weight: float) -> float:
+        """The ``alpha`` of a KD weight ``lambda``, the references' form ``BPR + lambda * KD``: ``lambda``
+        itself for an additive loss; ``lambda / (1 + lambda)`` for a ``(1 - alpha) BPR + alpha KD`` loss,
+        whose total is then ``(BPR + lambda KD) / (1 + lambda)``, a constant factor AdamW's update ignores."""
+        if weight < 0:
+            raise ValueError(f"{self.weight_key} must be >= 0, got {weight}")
+        return float(weight) if self.additive else float(weight) / (1.0 + float(weight))
 
 
 LOSSES: dict[str, LossDef] = {}
 
 
 def register(
-    name: str, *, uses_temperature: bool, description: str, make_extra: Callable[..., nn.Module] | None = None
+    name: str,
+    *,
+    uses_temperature: bool,
+    description: str,
+    make_extra: Callable[..., nn.Module] | None = None,
+    additive: bool = False,
+    list_params: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]]:
     """Register ``fn`` under ``name``; its keyword defaults other than alpha/T become ``params``.
 
-    Reading the defaults from the signature keeps one source of truth for them.
+    Reading the defaults from the signature keeps one source of truth for them. ``additive``: the loss is
+    ``BPR + alpha * KD`` (its paper's form); ``list_params``: its params that count positions of the
+    teacher's top-N list, checked against that list's length when a space is validated.
     """
 
     def deco(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -129,7 +163,11 @@ def register(
             for k, p in sig.parameters.items()
             if k not in ("ctx", "alpha", "T") and p.default is not inspect.Parameter.empty
         }
-        LOSSES[name] = LossDef(name, fn, params, uses_temperature, description, make_extra)
+        unknown = set(list_params) - set(params)
+        if unknown:
+            raise ValueError(f"loss {name!r}: list_params {sorted(unknown)} are not among its params")
+        LOSSES[name] = LossDef(name, fn, params, uses_temperature, description, make_extra, additive,
+                               tuple(list_params))
         return fn
 
     return deco

@@ -148,11 +148,16 @@ def scored_front(run: Run, front: pd.DataFrame, baselines: pd.DataFrame, checkpo
     front[f"gain_vs_plain_{ndcg}"] = front[f"test_{ndcg}"] / front[f"plain_test_{ndcg}"] - 1.0
     front["size_vs_teacher"] = front["params"] / teacher["params"]
     front["speedup_vs_teacher"] = teacher["latency_ms"] / front["latency_ms"]
-    front["loss_params"] = [
-        json.dumps({c: r[c] for c in get_loss(r["loss"]).params if c in r and pd.notna(r[c])})
-        for r in front.to_dict("records")
-    ]
+    front["loss_params"] = [json.dumps(_loss_params(r)) for r in front.to_dict("records")]
     return front
+
+
+def _loss_params(row: dict) -> dict:
+    """A front row's own loss settings: its KD weight and temperature (when the loss has its own) and its
+    loss's parameters."""
+    spec = get_loss(row["loss"])
+    names = [spec.weight_key, spec.temperature_key, *spec.params]
+    return {c: row[c] for c in names if c in row and not (isinstance(row[c], float) and pd.isna(row[c]))}
 
 
 def latency_note(run: Run) -> str:

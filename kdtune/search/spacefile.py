@@ -68,12 +68,14 @@ _SPEC_KEYS = {
 
 
 def _spaces_root() -> Any:
-    """The shipped spaces: the package ``kdtune.spaces`` when installed (it is the repository's
-    ``search_spaces/`` folder, the only copy), else that folder next to the package in a source tree."""
-    try:
-        return importlib.resources.files("kdtune.spaces")
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[1] / "search_spaces"
+    """The shipped spaces: the repository's ``search_spaces/`` folder next to the package in a source tree
+    (the only copy), else the installed package ``kdtune.spaces``. The source tree comes first: the package
+    an editable install registers points at *its* checkout, which need not be the one imported (a second
+    working tree of the repository)."""
+    beside = Path(__file__).resolve().parents[2] / "search_spaces"
+    if beside.is_dir():
+        return beside
+    return importlib.resources.files("kdtune.spaces")
 
 
 def packaged_spaces() -> list[str]:
@@ -261,10 +263,7 @@ class _Validator:
                 "fixed.loss", f"unknown loss {space.fixed['loss']!r} (registered: {', '.join(LOSSES)})"
             )
         losses = space.losses
-        if set(losses) != {"bpr"} and not any(
-            "alpha" in s for s in (space.params, space.conditional, space.fixed)
-        ):
-            raise self.fail("params.alpha", "required parameter missing (the distillation weight)")
+        self.weights(space, LOSSES)
         self.dim(space)
         self.precision(space)
 
@@ -275,9 +274,15 @@ class _Validator:
             active = [loss for loss in losses if loss in when.get("loss", losses)]
             if name in TRAIN_KEYS or (name in MODEL_KEYS and name != "T"):
                 continue
+            owner = _owner(name, LOSSES)
             if name == "T":
                 bad = [loss for loss in active if not LOSSES[loss].uses_temperature]
                 why = "does not use a temperature"
+            elif owner is not None:
+                bad = [loss for loss in active if loss != owner.name]
+                why = f"is not {owner.name!r} (the loss {name!r} belongs to)"
+                if not bad and name == owner.temperature_key and not owner.uses_temperature:
+                    bad, why = [owner.name], "does not use a temperature"
             elif any(name in d.params for d in LOSSES.values()):
                 bad = [loss for loss in active if name not in LOSSES[loss].params]
                 why = "has no such parameter"
@@ -286,7 +291,8 @@ class _Validator:
                 raise self.fail(
                     key,
                     f"unknown key {name!r}: not a trainer setting ({', '.join(TRAIN_KEYS)}), a model key "
-                    f"({', '.join(MODEL_KEYS)}) or a parameter of any registered loss ({', '.join(known)})",
+                    f"({', '.join(MODEL_KEYS)}), a loss's own weight or temperature (<loss>_weight, <loss>_T) "
+                    f"or a parameter of any registered loss ({', '.join(known)})",
                 )
             if bad:
                 raise self.fail(
@@ -294,6 +300,23 @@ class _Validator:
                     f"loss {bad[0]!r} {why}, yet {name!r} would be set for it: make {name!r} conditional "
                     "with `when: {loss: [...]}` listing only losses that take it",
                 )
+
+    def weights(self, space: SearchSpace, losses: Mapping[str, Any]) -> None:
+        """Every distillation loss of the space gets one KD weight: the shared ``alpha`` or its own
+        ``<loss>_weight`` (active for it), never both."""
+        sections = (space.params, space.conditional, space.fixed)
+        shared = any("alpha" in s for s in sections)
+        for loss in space.losses:
+            if loss == "bpr":
+                continue
+            key = losses[loss].weight_key
+            own = key in space.fixed or any(
+                key in s and loss in s[key].when.get("loss", (loss,)) for s in (space.params, space.conditional))
+            if own and shared:
+                raise self.fail(f"conditional.{key}", f"loss {loss!r} would get two KD weights, alpha and {key}")
+            if not (own or shared):
+                raise self.fail(f"conditional.{key}", f"required parameter missing: the KD weight of {loss!r} "
+                                "(its own <loss>_weight, or a shared alpha)")
 
     def precision(self, space: SearchSpace) -> None:
         from kdtune.model.kernels import PRECISIONS
@@ -318,3 +341,28 @@ class _Validator:
         for v in values:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise self.fail(key, f"embedding sizes must be positive integers, got {v!r}")
+
+
+def _owner(name: str, losses: Mapping[str, Any]) -> Any:
+    """The loss whose own KD weight or temperature ``name`` is (``rd_weight``, ``cd_T``), or None."""
+    return next((d for d in losses.values() if name in (d.weight_key, d.temperature_key)), None)
+
+
+def check_teacher_list(space: SearchSpace, topn: int) -> None:
+    """Every value a list-length parameter of the space can take (``rd_k``, ``rrd_k``, ...) fits the
+    teacher's top-``topn`` list: a one-line :class:`SpaceError` naming the entry otherwise."""
+    from kdtune.losses import LOSSES
+
+    names = {p for loss in space.losses for p in LOSSES[loss].list_params}
+    for name in sorted(names):
+        if name in space.fixed:
+            largest, key = space.fixed[name], f"fixed.{name}"
+        elif name in space.params or name in space.conditional:
+            section = "params" if name in space.params else "conditional"
+            p = getattr(space, section)[name]
+            largest, key = (max(p.choices) if p.type == "categorical" else p.high), f"{section}.{name}"
+        else:
+            continue
+        if largest > topn:
+            raise SpaceError(f"{space.source or space.name}: {key}: up to {largest} positions of the teacher's "
+                             f"list, which has {topn} (raise --teacher-topn or lower the range)")

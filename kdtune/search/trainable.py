@@ -24,16 +24,22 @@ METRICS_FILE = "metrics.json"
 
 
 def split_config(config: dict) -> tuple[int, str, dict]:
-    """``(dim, loss, fit kwargs)`` from a trial config; unknown keys are an error, not silently ignored."""
+    """``(dim, loss, fit kwargs)`` from a trial config; unknown keys are an error, not silently ignored.
+
+    The KD weight is the loss's own ``<loss>_weight`` (``lambda`` of ``BPR + lambda * KD``, see
+    :meth:`~kdtune.losses.registry.LossDef.alpha`) or a shared ``alpha``; the temperature its own
+    ``<loss>_T`` or a shared ``T``."""
     loss = config["loss"]
     spec = get_loss(loss)
     fit_kwargs = {key: config.get(key, default) for key, default in TRAIN_DEFAULTS.items()}
     fit_kwargs["lr"] = float(config["lr"])
-    fit_kwargs["alpha"] = float(config.get("alpha", 0.0))
-    fit_kwargs["T"] = float(config.get("T", 1.0))
+    weight = config.get(spec.weight_key)
+    fit_kwargs["alpha"] = spec.alpha(float(weight)) if weight is not None else float(config.get("alpha", 0.0))
+    fit_kwargs["T"] = float(config.get(spec.temperature_key, config.get("T", 1.0)))
     loss_params = {key: value for key, value in config.items() if key in spec.params}
     # Everything that is not a trainer setting or a model key must be a parameter of the chosen loss.
-    unknown = set(config) - set(TRAIN_DEFAULTS) - set(MODEL_KEYS) - set(loss_params)
+    own = {spec.weight_key, spec.temperature_key if spec.uses_temperature else None}
+    unknown = set(config) - set(TRAIN_DEFAULTS) - set(MODEL_KEYS) - set(loss_params) - own
     if unknown:
         raise ValueError(f"trial config has keys that loss {loss!r} does not take: {sorted(unknown)}")
     fit_kwargs["loss_params"] = loss_params

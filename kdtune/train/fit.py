@@ -93,12 +93,14 @@ def make_step(
     extra: torch.nn.Module | None,
     positives: PositiveSet | None = None,
     batches_per_epoch: int | None = None,
+    epochs: int = 1,
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]:
     """One optimisation step on a ``(users, pos, neg)`` batch; returns the batch's mean loss.
 
     ``positives`` (the sampler's training pairs) lets losses that draw items keep them out (``rrd``).
     ``batches_per_epoch`` (the sampler's length) lets ``cd`` and ``rrd`` draw their items once per
     epoch for every user, as the RRD paper does, instead of once per batch (see :mod:`kdtune.losses`).
+    ``epochs`` (the run's epoch budget) lets a loss schedule a parameter over training (``de``'s tau).
     """
     calls = 0
     draws: dict | None = {} if batches_per_epoch else None
@@ -107,7 +109,7 @@ def make_step(
         nonlocal calls
         epoch = calls // batches_per_epoch if batches_per_epoch else 0
         calls += 1
-        ctx = KDContext(model, teacher, topn, users, pos, neg, gen, extra, positives, epoch, draws)
+        ctx = KDContext(model, teacher, topn, users, pos, neg, gen, extra, positives, epoch, draws, epochs)
         value = spec.fn(ctx, **kwargs)
         opt.zero_grad(set_to_none=True)
         value.backward()
@@ -196,7 +198,8 @@ def fit(
     opt = make_optimizer(model, extra, cfg.lr, cfg.weight_decay, cfg.optimizer)
     sampler = BPRSampler(train, batch_size=cfg.batch_size, generator=gen, device=device)
     kwargs = {"alpha": alpha, **params, **({"T": T} if spec.uses_temperature else {})}
-    step = make_step(model, spec, kwargs, opt, teacher, topn, gen, extra, sampler.positives, len(sampler))
+    step = make_step(model, spec, kwargs, opt, teacher, topn, gen, extra, sampler.positives, len(sampler),
+                     cfg.epochs)
     signal_users = sample_users(valid, cfg.valid_users, seed)
     bar = tqdm(total=cfg.epochs, desc=desc, disable=not progress, leave=False, unit="epoch")
     try:
