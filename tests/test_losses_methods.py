@@ -5,13 +5,13 @@ from __future__ import annotations
 import copy
 import math
 
-import numpy as np
 import pytest
 import torch
+from test_losses import BPR, S, close, hand_ctx, pairs, random_ctx, table_mf
 
-from kdtune.data import Interactions, split, synthetic
+from kdtune.data import split, synthetic
 from kdtune.data.sampler import PositiveSet
-from kdtune.losses import KDContext, bpr_term, get_loss
+from kdtune.losses import bpr_term, get_loss
 from kdtune.losses.dcd import dcd_weights, draw_weighted, rank_cap, student_ranks
 from kdtune.losses.htd import (
     SoftExperts,
@@ -37,48 +37,19 @@ from kdtune.train.teacher import compute_topn
 METHODS = ["listwise", "dcd", "unkd", "htd"]
 
 # Score tables [n_users=2, n_items=4] for the hand-computed cases.
-S = [[2.0, 1.0, 0.0, -1.0], [0.5, -0.5, 1.5, 3.0]]
-T_ = [[3.0, 0.5, 1.0, -2.0], [1.0, 2.0, -1.0, 0.0]]
 # BPR of the hand batch: user 0 (pos 0, neg 3), user 1 (pos 2, neg 1)
-BPR = (math.log1p(math.exp(-3.0)) + math.log1p(math.exp(-2.0))) / 2
 
 
 def softplus(x: float) -> float:
     return math.log1p(math.exp(x))
 
 
-def table_mf(scores: list[list[float]]) -> MF:
-    """An MF whose score(u, i) is exactly ``scores[u][i]``: one-hot users, items carry the score column."""
-    n_users, n_items = len(scores), len(scores[0])
-    m = MF(n_users, n_items, dim=n_users)
-    with torch.no_grad():
-        m.user_emb.weight.copy_(torch.eye(n_users))
-        m.item_emb.weight.copy_(torch.tensor(scores).T)
-    return m
 
 
-def pairs(users: list[int], items: list[int], n_users: int, n_items: int) -> Interactions:
-    return Interactions.from_arrays(np.array(users), np.array(items), n_users, n_items)
 
 
-def hand_ctx(topn=None, extra=None, positives=None) -> KDContext:
-    teacher = table_mf(T_).eval().requires_grad_(False)
-    return KDContext(
-        student=table_mf(S),
-        teacher=teacher,
-        topn=torch.tensor(topn if topn is not None else [[1, 2, 3], [0, 1, 3]]),
-        users=torch.tensor([0, 1]),
-        pos=torch.tensor([0, 2]),
-        neg=torch.tensor([3, 1]),
-        generator=torch.Generator().manual_seed(0),
-        extra=extra,
-        positives=positives,
-    )
 
 
-def close(x: torch.Tensor, y: float, tol: float = 1e-5) -> None:
-    assert x.shape == ()
-    assert abs(x.detach().item() - y) < tol, (x.item(), y)
 
 
 def kl(p_logits: list[float], q_logits: list[float]) -> float:
@@ -339,19 +310,6 @@ def test_htd_requires_matching_extra():
 # ----------------------------------------------------------------------------- all four
 
 
-def random_ctx(name: str, teacher_requires_grad: bool = False, seed: int = 0) -> KDContext:
-    torch.manual_seed(seed)
-    n_users, n_items, n = 8, 30, 12
-    student, teacher = MF(n_users, n_items, 3, seed=seed), MF(n_users, n_items, 5, seed=seed + 1)
-    with torch.no_grad():
-        for m in (student, teacher):
-            m.item_bias.weight.normal_(0, 0.1)
-    teacher.eval().requires_grad_(teacher_requires_grad)
-    topn = torch.stack([torch.randperm(n_items)[:n] for _ in range(n_users)])
-    d = get_loss(name)
-    extra = d.make_extra(3, 5, **d.params) if d.make_extra else None
-    return KDContext(student, teacher, topn, torch.randint(n_users, (16,)), torch.randint(n_items, (16,)),
-                     torch.randint(n_items, (16,)), torch.Generator().manual_seed(seed), extra)
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -271,19 +271,19 @@ def test_malformed_space_is_one_line(tmp_path, capsys):
 
 def test_diverging_trial_is_recorded_and_the_search_goes_on(ray_cluster, cache, tmp_path):
     space = tmp_path / "diverge.yaml"
-    # mse_diff with T ~ 1e20 overflows float32 at once (T^2 * MSE = inf): those trials must fail alone.
+    # soft_bce with T ~ 1e20 overflows float32 at once (T^2 * BCE = inf): those trials must fail alone.
     space.write_text(
         "params:\n"
         "  lr: {type: float, low: 0.01, high: 0.02}\n"
         "  dim: {type: categorical, choices: [4]}\n"
         "  alpha: {type: float, low: 0.5, high: 0.6}\n"
-        "  loss: {type: categorical, choices: [mse_diff, rd]}\n"
+        "  loss: {type: categorical, choices: [soft_bce, rd]}\n"
         "conditional:\n"
-        "  T: {when: {loss: [mse_diff]}, type: float, low: 1.0e+20, high: 2.0e+20}\n"
+        "  T: {when: {loss: [soft_bce]}, type: float, low: 1.0e+20, high: 2.0e+20}\n"
         "fixed: {epochs: 2, patience: 2, batch_size: 1024}\n"
     )
     out = tmp_path / "run"
-    # seed 0 draws mse_diff, rd, rd, mse_diff (the random sampler is deterministic under a seed); the
+    # seed 0 draws soft_bce, rd, rd, soft_bce (the random sampler is deterministic under a seed); the
     # experiment lives outside the run, in storage given as a URI, which export reads through pyarrow
     storage = (tmp_path / "storage").as_uri()
     argv = ["--trials", "4", "--sampler", "random", "--seed", "0", "--out", str(out), "--cache-dir", cache,
@@ -292,7 +292,7 @@ def test_diverging_trial_is_recorded_and_the_search_goes_on(ray_cluster, cache, 
     assert run_search(argv) == 0
     table = pd.read_csv(out / "trials.csv")
     failed = table[table["status"] == "ERROR"]
-    assert len(table) == 4 and set(failed["loss"]) == {"mse_diff"} and len(failed) == 2
+    assert len(table) == 4 and set(failed["loss"]) == {"soft_bce"} and len(failed) == 2
     assert failed["error"].str.contains("DivergedError").all()
     assert (table["status"] == "TERMINATED").sum() == 4 - len(failed) >= 1
     run = json.loads((out / "run.json").read_text())
