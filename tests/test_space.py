@@ -10,10 +10,9 @@ import optuna
 import pytest
 import yaml
 
+from kdtune.config import MODEL_KEYS, TRAIN_KEYS
 from kdtune.losses import LOSSES
 from kdtune.search.spacefile import (
-    MODEL_KEYS,
-    TRAIN_KEYS,
     SearchSpace,
     SpaceError,
     load_space,

@@ -18,7 +18,8 @@ from kdtune.data import prepare
 from kdtune.errors import UsageError
 from kdtune.search.cluster import start_ray
 from kdtune.search.run import FINISHED, Run
-from kdtune.search.spacefile import check_teacher_list, load_space
+from kdtune.search.spacecheck import check_teacher_list
+from kdtune.search.spacefile import load_space
 
 # URI schemes pyarrow's filesystems resolve (Ray Tune reads its storage through them); fsspec's are added
 # when fsspec is installed.
