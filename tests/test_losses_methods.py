@@ -345,14 +345,6 @@ def test_deterministic_under_a_seeded_generator(name):
         assert not torch.equal(values[0], values[2])
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_alpha_zero_is_bpr(name):
-    d = get_loss(name)
-    ctx = random_ctx(name)
-    expected = get_loss("bpr").fn(ctx, alpha=0.0, T=1.0)
-    assert torch.allclose(d.fn(ctx, alpha=0.0, T=2.5, **d.params), expected)
-
-
 def test_registered_with_their_params():
     assert get_loss("listwise").params == {"listwise_k": 10}
     assert get_loss("dcd").params == {"dcd_k": 10, "dcd_t": 10.0}

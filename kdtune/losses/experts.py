@@ -65,13 +65,17 @@ class _ExpertSet(nn.Module):
         its weight makes the mixture one more GEMM (``[M, E h] x [E h, dt]``), plus ``w @ b2``: the same
         values and gradients as running every expert and summing their weighted outputs, under autograd.
         """
-        n_e, ds, h = self.w1.shape
         w = gumbel_mixture(self.selector(t), tau, generator)  # [M, E]
-        s = student_rows(ids)
+        return de_term(self.mixture(student_rows(ids), w), t)
+
+    def mixture(self, s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``sum_e w_me * expert_e(s_m)`` ``[M, dt]`` for student rows ``s`` ``[M, ds]`` and weights ``w``
+        ``[M, E]``: every expert's hidden layer in one GEMM, the weights applied to it, then one GEMM with the
+        stacked second layers."""
+        n_e, ds, h = self.w1.shape
         hidden = torch.addmm(self.b1.reshape(-1), s, self.w1.transpose(0, 1).reshape(ds, n_e * h)).relu()
         mixed = (hidden.view(-1, n_e, h) * w.unsqueeze(-1)).view(-1, n_e * h)
-        out = torch.addmm(w @ self.b2, mixed, self.w2.reshape(n_e * h, -1))
-        return de_term(out, t)
+        return torch.addmm(w @ self.b2, mixed, self.w2.reshape(n_e * h, -1))
 
 
 class DistillationExperts(nn.Module):

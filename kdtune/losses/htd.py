@@ -10,39 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdtune.losses.experts import _ExpertSet
 from kdtune.losses.registry import KDContext, _bpr_margin, _distinct, _distinct_users, bpr_term, register
 
 TAU_END = 1e-10  # KDs anneals the Gumbel-softmax temperature from 1 towards this
 
 
-class SoftExperts(nn.Module):
-    """E experts ``Linear(ds, h) -> ReLU -> Linear(h, dt)`` (``h = (ds + dt) // 2``, as DE's and KDs'
-    ``Expert``), batched as 3-D weights, and a selector ``softmax(Linear(dt, E))`` read from the teacher."""
-
-    def __init__(self, student_dim: int, teacher_dim: int, n_experts: int):
-        super().__init__()
-        h = max(1, (student_dim + teacher_dim) // 2)
-        self.w1 = nn.Parameter(torch.empty(n_experts, student_dim, h))
-        self.b1 = nn.Parameter(torch.empty(n_experts, h))
-        self.w2 = nn.Parameter(torch.empty(n_experts, h, teacher_dim))
-        self.b2 = nn.Parameter(torch.empty(n_experts, teacher_dim))
-        for w, b, fan_in in ((self.w1, self.b1, student_dim), (self.w2, self.b2, h)):  # nn.Linear's init
-            bound = fan_in**-0.5
-            nn.init.uniform_(w, -bound, bound)
-            nn.init.uniform_(b, -bound, bound)
-        self.selector = nn.Linear(teacher_dim, n_experts)
+class SoftExperts(_ExpertSet):
+    """DE's experts (:class:`kdtune.losses.experts._ExpertSet`: E experts ``Linear(ds, h) -> ReLU ->
+    Linear(h, dt)``, ``h = (ds + dt) // 2`` as DE's and KDs' ``Expert``) with the selector read as
+    probabilities ``softmax(Linear(dt, E))``, as HTD's group assignment reads it."""
 
     def assign(self, t: torch.Tensor) -> torch.Tensor:
         """The selector's probabilities ``[M, E]`` for teacher embeddings ``t`` ``[M, dt]``."""
         return torch.softmax(self.selector(t), dim=1)
-
-    def mixture(self, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``sum_e z_me * expert_e(s_m)`` ``[M, dt]``: every expert's hidden layer in one product, the
-        mixture weights applied to it, then one product with the stacked second layers."""
-        n_e, ds, h = self.w1.shape
-        hidden = torch.relu(s @ self.w1.transpose(0, 1).reshape(ds, n_e * h) + self.b1.reshape(-1))
-        mixed = (hidden.view(-1, n_e, h) * z.unsqueeze(2)).reshape(-1, n_e * h)
-        return mixed @ self.w2.reshape(n_e * h, -1) + z @ self.b2
 
 
 class TopologyExperts(nn.Module):
