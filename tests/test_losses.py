@@ -31,6 +31,7 @@ from kdtune.losses import (
     soft_bce_term,
     sorted_topn_of,
 )
+from kdtune.losses import experts
 from kdtune.losses.experts import _ExpertSet
 from kdtune.model.mf import MF
 from kdtune.train.fit import make_step
@@ -653,6 +654,49 @@ def test_expert_mixture_matches_every_expert_under_autograd(case):
     if case == "plain":
         assert ex.selector.weight.grad.abs().sum() > 0
         assert all(ex.w2.grad[e].abs().sum() > 0 for e in range(5))  # a soft mixture trains every expert
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.1, 1e-2, 1e-3, 1e-10])
+def test_sparse_expert_mixture_matches_the_dense_one(tau, monkeypatch):
+    """Skipping the (row, expert) pairs of weight 0 keeps the DE term's value and every gradient (student
+    rows, experts, selector: compared relative to its own size, which is tiny near one-hot) of the dense
+    mixture, at any temperature; at a low one few pairs remain."""
+    torch.manual_seed(1)
+    ex = _ExpertSet(3, 4, n_experts=6)
+    table = torch.randn(80, 3, requires_grad=True)
+    ids = torch.randperm(80)[:50]
+    t = torch.randn(50, 4)
+    results, calls, original = {}, [], ex.sparse_mixture
+    monkeypatch.setattr(ex, "sparse_mixture", lambda *a: calls.append(1) or original(*a))
+    for share in (-1.0, 1.0):  # dense only; sparse whenever any pair is below the threshold
+        monkeypatch.setattr(experts, "SPARSE_SHARE", share)
+        calls.clear()
+        value = ex(ids, lambda i: table.index_select(0, i), t, tau, torch.Generator().manual_seed(3))
+        value.backward()
+        grads = [x.grad.clone() for x in (table, *ex.parameters())]
+        for x in (table, *ex.parameters()):
+            x.grad = None
+        results[share] = (value.detach(), grads, len(calls))
+    (dense, dense_grads, dense_calls), (sparse, sparse_grads, sparse_calls) = results[-1.0], results[1.0]
+    assert dense_calls == 0 and sparse_calls == 1
+    assert torch.allclose(sparse, dense, rtol=1e-5, atol=1e-6)
+    for a, b in zip(sparse_grads, dense_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
+    w = gumbel_mixture(ex.selector(t), tau, torch.Generator().manual_seed(3))
+    if tau <= 1e-3:  # nearly one-hot: the default share takes the sparse path
+        assert int((w > 0).sum()) <= experts.SPARSE_SHARE * w.numel()
+
+
+def test_default_sparse_share_takes_the_sparse_path_only_when_few_pairs_matter(monkeypatch):
+    ex = _ExpertSet(3, 4, n_experts=10)
+    calls = []
+    monkeypatch.setattr(ex, "sparse_mixture", lambda *a: calls.append(1) or torch.zeros(a[0].shape[0], 4))
+    s = torch.randn(20, 3)
+    ex.mixture(s, torch.full((20, 10), 0.1), tau=1.0)  # every pair matters: dense
+    ex.mixture(s, torch.eye(10).repeat(2, 1), tau=None)  # no temperature given: dense
+    assert calls == []
+    ex.mixture(s, torch.eye(10).repeat(2, 1), tau=1e-3)  # one-hot: sparse
+    assert calls == [1]
 
 
 def test_make_step_hands_positives_and_epochs_to_the_loss():

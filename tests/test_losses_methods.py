@@ -19,6 +19,7 @@ from kdtune.losses.htd import (
     anneal_tau,
     group_assignment_term,
     topology_term,
+    within_group_gap,
 )
 from kdtune.losses.listwise import listwise_term
 from kdtune.losses.unkd import (
@@ -255,6 +256,19 @@ def test_topology_term_hand():
     close(topology_term(s, t, torch.tensor([0, 0, 1])), entity + group)
     # a zero embedding stays finite
     assert torch.isfinite(topology_term(torch.zeros(3, 2), t, torch.tensor([0, 0, 1])))
+
+
+def test_within_group_gap_is_the_pairwise_sum_under_autograd():
+    torch.manual_seed(0)
+    a, b = torch.randn(30, 3, requires_grad=True), torch.randn(30, 5)
+    got = within_group_gap(a, b)
+    (got * 0.3).backward()
+    grad, a.grad = a.grad.clone(), None
+    ref = (a @ a.T - b @ b.T).pow(2).sum()
+    (ref * 0.3).backward()
+    assert torch.allclose(got.float(), ref, rtol=1e-5)
+    assert torch.allclose(grad, a.grad, rtol=1e-4, atol=1e-5)
+    close(within_group_gap(torch.tensor([[1.0], [2.0]]), torch.tensor([[0.0], [1.0]])), 1 + 2 * 2**2 + 3**2)
 
 
 def test_group_assignment_term_hand():

@@ -31,6 +31,11 @@ def de_tau(epoch: int, epochs: int, start: float, end: float) -> float:
     return max(start * (end / start) ** (e / max(int(epochs), 1)), end)
 
 
+# The mixture skips (row, expert) pairs of weight exactly 0 (see _ExpertSet.mixture) when at most SPARSE_SHARE of
+# the pairs remain (below that, one small pass per expert beats the two dense GEMMs).
+SPARSE_SHARE = 0.3
+
+
 class _ExpertSet(nn.Module):
     """E experts ``Linear(ds, h) -> ReLU -> Linear(h, dt)`` batched as 3-D weights, plus a selector."""
 
@@ -66,11 +71,45 @@ class _ExpertSet(nn.Module):
         values and gradients as running every expert and summing their weighted outputs, under autograd.
         """
         w = gumbel_mixture(self.selector(t), tau, generator)  # [M, E]
-        return de_term(self.mixture(student_rows(ids), w), t)
+        return de_term(self.mixture(student_rows(ids), w, tau), t)
 
-    def mixture(self, s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def mixture(self, s: torch.Tensor, w: torch.Tensor, tau: float | None = None) -> torch.Tensor:
         """``sum_e w_me * expert_e(s_m)`` ``[M, dt]`` for student rows ``s`` ``[M, ds]`` and weights ``w``
-        ``[M, E]``: every expert's hidden layer in one GEMM, the weights applied to it, then one GEMM with the
+        ``[M, E]``.
+
+        Dense (:meth:`dense_mixture`) while many weights are non-zero; once the annealed mixture is nearly
+        one-hot (``tau`` given; the Gumbel-softmax underflows to exact zeros as ``tau`` falls), only the
+        (row, expert) pairs with ``w > 0`` are computed (:meth:`sparse_mixture`). A zero weight adds nothing to
+        the output and passes no gradient (the softmax's backward multiplies by ``w``), so both paths compute
+        the same values and gradients up to the order of float sums (tests/test_losses.py). Dropping merely
+        small weights is not the same: near one-hot, the selector's whole gradient comes from them, and AdamW
+        rescales it (a 3-seed A/B in BENCHMARKS.md lost test NDCG that way)."""
+        if tau is not None and not w.is_cuda:  # on a GPU the dense GEMMs are cheap and need no host sync
+            keep = w > 0
+            if int(keep.sum()) <= SPARSE_SHARE * keep.numel():
+                return self.sparse_mixture(s, w, keep)
+        return self.dense_mixture(s, w)
+
+    def sparse_mixture(self, s: torch.Tensor, w: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The mixture over the pairs ``keep`` ``[M, E]`` only: each expert runs on the rows that keep it
+        (one small two-layer pass per expert), its output scaled by the rows' weights and added up."""
+        rows, experts = keep.nonzero(as_tuple=True)
+        order = torch.argsort(experts, stable=True)
+        rows, experts = rows[order], experts[order]
+        counts = torch.bincount(experts, minlength=self.w1.shape[0]).tolist()
+        out = s.new_zeros(s.shape[0], self.w2.shape[2])
+        a = 0
+        for e, n in enumerate(counts):
+            if n:
+                r = rows[a : a + n]
+                hidden = torch.addmm(self.b1[e], s.index_select(0, r), self.w1[e]).relu()
+                y = torch.addmm(self.b2[e], hidden, self.w2[e]) * w[r, e].unsqueeze(1)
+                out = out.index_add(0, r, y)
+                a += n
+        return out
+
+    def dense_mixture(self, s: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Every expert's hidden layer in one GEMM, the weights applied to it, then one GEMM with the
         stacked second layers."""
         n_e, ds, h = self.w1.shape
         hidden = torch.addmm(self.b1.reshape(-1), s, self.w1.transpose(0, 1).reshape(ds, n_e * h)).relu()
