@@ -93,17 +93,33 @@ def check_index(text: str) -> str:
     return IndexSpec.parse(text).name
 
 
-def augment_items(items: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-    """``[n, dim + 1]`` float32 rows ``[q_i, b_i]`` (a zero bias column when there is none)."""
+def index_width(dim: int, spec: IndexSpec) -> int:
+    """Columns of an index over ``dim``-dim items: ``dim + 1`` (the bias), rounded up to a multiple of 16 for
+    the scalar quantisers, whose SIMD code paths need it (with 65 columns Faiss falls back to scalar code,
+    several times slower than a flat scan)."""
+    width = dim + 1
+    return -(-width // 16) * 16 if spec.kind in ("sq8", "fp16", "bf16") else width
+
+
+def augment_items(items: np.ndarray, bias: np.ndarray | None, width: int | None = None) -> np.ndarray:
+    """``[n, width]`` float32 rows ``[q_i, b_i, 0...]`` (a zero bias column when there is none)."""
     items = np.asarray(items, dtype=np.float32)
-    col = np.zeros((items.shape[0], 1), np.float32) if bias is None else np.asarray(bias, np.float32).reshape(-1, 1)
-    return np.ascontiguousarray(np.hstack([items, col]))
+    n, d = items.shape
+    out = np.zeros((n, width or d + 1), np.float32)
+    out[:, :d] = items
+    if bias is not None:
+        out[:, d] = np.asarray(bias, np.float32).reshape(-1)
+    return out
 
 
-def augment_users(users: np.ndarray) -> np.ndarray:
-    """``[B, dim + 1]`` float32 queries ``[p_u, 1]``."""
+def augment_users(users: np.ndarray, width: int | None = None) -> np.ndarray:
+    """``[B, width]`` float32 queries ``[p_u, 1, 0...]``."""
     users = np.asarray(users, dtype=np.float32).reshape(len(users), -1)
-    return np.ascontiguousarray(np.hstack([users, np.ones((users.shape[0], 1), np.float32)]))
+    b, d = users.shape
+    out = np.zeros((b, width or d + 1), np.float32)
+    out[:, :d] = users
+    out[:, d] = 1.0
+    return out
 
 
 def build_index(spec: str | IndexSpec, items: np.ndarray, bias: np.ndarray | None = None, seed: int = 0):
@@ -111,7 +127,7 @@ def build_index(spec: str | IndexSpec, items: np.ndarray, bias: np.ndarray | Non
     import faiss
 
     spec = spec if isinstance(spec, IndexSpec) else IndexSpec.parse(spec)
-    vectors = augment_items(items, bias)
+    vectors = augment_items(items, bias, index_width(np.shape(items)[1], spec))
     n, d = vectors.shape
     if spec.kind == "ivf":
         nlist = max(1, min(spec.nlist, n // 39))
@@ -134,7 +150,7 @@ def describe_index(index) -> dict:
     import faiss
 
     base = faiss.downcast_index(index)
-    out = {"faiss": type(base).__name__, "n_items": int(index.ntotal), "dim": int(index.d) - 1,
+    out = {"faiss": type(base).__name__, "n_items": int(index.ntotal), "width": int(index.d),
            "bytes": index_bytes(index)}
     if isinstance(base, faiss.IndexIVF):
         out.update(nlist_used=int(base.nlist), nprobe=int(base.nprobe))
@@ -158,7 +174,7 @@ def search_unseen(index, user_vectors: np.ndarray, k: int, seen: Sequence[np.nda
     items are searched together for ``k + c`` results; seen ids are dropped and the first ``k`` kept, in
     the index's order.
     """
-    queries = augment_users(user_vectors)
+    queries = augment_users(user_vectors, int(index.d))
     n_users = queries.shape[0]
     out = np.full((n_users, k), -1, dtype=np.int64)
     if n_users == 0:

@@ -23,8 +23,8 @@ class ServedStudent:
         self.users = np.ascontiguousarray(users, dtype=np.float32)
         self.index = index
         self.spec = IndexSpec.parse(spec)
-        if int(index.d) != self.users.shape[1] + 1:
-            raise ValueError(f"the index has dim {int(index.d) - 1}, the user table {self.users.shape[1]}")
+        if int(index.d) < self.users.shape[1] + 1:
+            raise ValueError(f"the index has {int(index.d)} columns, too few for user vectors of dim {self.users.shape[1]}")
 
     @classmethod
     def from_model(cls, model: Any, spec: str, seed: int = 0) -> ServedStudent:
