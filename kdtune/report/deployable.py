@@ -19,7 +19,7 @@ from kdtune.model.store import load_model
 from kdtune.search.run import Run
 from kdtune.serving.arch import index_of
 from kdtune.serving.deploy import write_student
-from kdtune.serving.served import ServedStudent
+from kdtune.serving.served import served_student
 
 FIGURES = ("kind", "dim", "loss", "latency_ms", "bytes")
 
@@ -37,7 +37,7 @@ def write_deployables(run: Run, front: pd.DataFrame, out: str | Path) -> list[Pa
         if not isinstance(weights, str) or not (run.dir / weights).is_dir():
             continue
         spec = index_of(row) or "flat"
-        served = ServedStudent.from_model(load_model(run.dir / weights), spec, seed=run.data.seed)
+        served = served_student(load_model(run.dir / weights), spec, run.dir / weights, seed=run.data.seed)
         name = str(row["trial_id"])
         figures = {key: _plain(row[key]) for key in (*FIGURES, f"test_recall@{run.data.k}", f"test_ndcg@{run.data.k}")
                    if key in row}

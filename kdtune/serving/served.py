@@ -7,6 +7,7 @@ and what :mod:`kdtune.serve` loads from a deployable directory: one search path 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,32 @@ class ServedStudent:
     def scorer(self, seen: Interactions | Sequence[Interactions], k: int) -> IndexScorer:
         """An object ``kdtune.train.evaluate.evaluate`` scores: its top ``k`` through this index."""
         return IndexScorer(self, [seen] if isinstance(seen, Interactions) else list(seen), k)
+
+
+SERVED_INDEX_FILE = "index.faiss"
+
+
+def save_served_index(served: ServedStudent, directory: Path) -> Path:
+    """Keep a student's built index next to its weights (``index.faiss``), so it is built once per trial."""
+    import faiss
+
+    path = Path(directory) / SERVED_INDEX_FILE
+    faiss.write_index(served.index, str(path))
+    (Path(directory) / (SERVED_INDEX_FILE + ".spec")).write_text(served.spec.name)
+    return path
+
+
+def served_student(model: Any, spec: str, directory: Path | None = None, seed: int = 0) -> ServedStudent:
+    """The student served through ``spec``: the index kept in ``directory`` when it was built with that spec,
+    else built now."""
+    import faiss
+
+    path = None if directory is None else Path(directory) / SERVED_INDEX_FILE
+    tag = None if path is None else path.with_name(SERVED_INDEX_FILE + ".spec")
+    if path is not None and path.is_file() and tag.is_file() and tag.read_text() == IndexSpec.parse(spec).name:
+        users = (model.float_tables()[0] if hasattr(model, "float_tables") else model.user_emb.weight).detach()
+        return ServedStudent(users.float().cpu().numpy(), faiss.read_index(str(path)), spec)
+    return ServedStudent.from_model(model, spec, seed=seed)
 
 
 class IndexScorer:
