@@ -232,7 +232,10 @@ def order_contradictions(profiles: dict[str, dict[str, Any]], batch: int = 1) ->
         for kb, b in costed.items():
             cheaper = (a["bytes_per_query"] <= b["bytes_per_query"] and a["macs_per_query"] <= b["macs_per_query"]
                        and (a["bytes_per_query"], a["macs_per_query"]) != (b["bytes_per_query"], b["macs_per_query"]))  # fmt: skip
-            related = a["dim"] == b["dim"] or (a["precision"], a.get("index")) == (b["precision"], b.get("index"))
+            # kdtune's kernels and Faiss's indexes are compared within their own kind (bench/serving.py compares
+            # the two kinds): across kinds a faster kernel is a finding, not a contradiction.
+            same_kind = (a.get("index") is None) == (b.get("index") is None)
+            related = same_kind and (a["dim"] == b["dim"] or (a["precision"], a.get("index")) == (b["precision"], b.get("index")))
             if not (cheaper and related) or f"{name}_ms" not in a or f"{name}_ms" not in b:
                 continue
             gap = a[f"{name}_ms"] - b[f"{name}_ms"]
