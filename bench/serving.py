@@ -112,7 +112,7 @@ def one_table(name: str, n_items: int, dim: int, tables, split, user_table: np.n
                  "-" if lat_b is None else f"{lat_b:.1f}",
                  "-" if lat_b is None else f"{base[f'latency_b{b}_ms'] / lat_b:.2f}",
                  "-" if r.get("bytes") is None else f"{r['bytes'] / 1e6:.1f}",
-                 "-" if rec is None else f"{rec[0]:.4f}", "-" if rec is None else f"{rec[0] / qual['flat'][0]:.3f}",
+                 "-" if rec is None else f"{rec[0]:.4f}", "-" if rec is None or not qual["flat"][0] else f"{rec[0] / qual['flat'][0]:.3f}",
                  "-" if rec is None else f"{rec[1]:.3f}"]
         print("| " + " | ".join(cells) + " |", flush=True)
 
