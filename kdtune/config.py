@@ -62,9 +62,10 @@ SPACE_KEYS = ("epochs", "patience", "batch_size", "weight_decay")
 TRAIN_DEFAULTS = {key: getattr(DEFAULTS, key) for key in SPACE_KEYS}
 """Trainer settings a trial config may carry (searched or fixed), with the values used when absent."""
 TRAIN_KEYS = tuple(TRAIN_DEFAULTS)
-MODEL_KEYS = ("dim", "loss", "lr", "alpha", "T", "precision")
+MODEL_KEYS = ("dim", "loss", "lr", "alpha", "T", "precision", "index")
 """Student/loss settings every loss accepts (``T`` only used by temperature losses; ``precision`` is the
-serving precision the student is quantised to after training, see :mod:`kdtune.model.quantized`)."""
+serving precision the student is quantised to after training, see :mod:`kdtune.model.quantized`; ``index`` the
+Faiss index its item table is served from, see :mod:`kdtune.serving.index`)."""
 
 
 @dataclass(frozen=True)

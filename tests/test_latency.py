@@ -109,8 +109,12 @@ def test_cuda_path():
 def test_arch_key_round_trip():
     assert arch_key(8, "int8") == "dim=8,precision=int8"
     assert arch_key(8) == "dim=8,precision=fp32"
-    assert parse_arch("dim=8,precision=int8") == parse_arch((8, "int8")) == (8, "int8")
-    assert parse_arch(16) == parse_arch("dim=16") == (16, "fp32")
+    assert parse_arch("dim=8,precision=int8") == parse_arch((8, "int8")) == (8, "int8", None)
+    assert parse_arch(16) == parse_arch("dim=16") == (16, "fp32", None)
+    assert arch_key(8, index="HNSW32_ef64") == "dim=8,index=hnsw32_ef64"
+    assert parse_arch("dim=8,index=hnsw32_ef64") == parse_arch((8, "fp32", "hnsw32_ef64")) == (8, "fp32", "hnsw32_ef64")
+    with pytest.raises(ValueError):
+        arch_key(8, index="pq4")
     with pytest.raises(ValueError):
         arch_key(8, "int4")
 
@@ -137,16 +141,27 @@ def test_profile_interleaved_one_figure_per_arch_with_a_spread():
     assert list(prof) == [arch_key(4), arch_key(8, "int8"), arch_key(8, "bf16"), arch_key(16)]
     for key, rec in prof.items():
         assert set(rec) == {
-            "dim", "precision", "n_items", "k", "device", "threads", "macs_per_query", "bytes_per_query",
+            "dim", "precision", "index", "n_items", "k", "device", "threads", "macs_per_query", "bytes_per_query", "bytes",
             "latency_ms", "latency_spread_ms", "latency_p95_ms", "latency_rounds", "latency_runs",
             "latency_b8_ms", "latency_b8_spread_ms", "latency_b8_per_user_us", "latency_b8_rounds",
         }  # fmt: skip
-        assert parse_arch(key) == (rec["dim"], rec["precision"])
+        assert parse_arch(key) == (rec["dim"], rec["precision"], rec["index"])
         assert rec["threads"] == 1 and rec["n_items"] == 500 and rec["device"] == "cpu"
         assert rec["latency_rounds"] == 3 and 3 <= rec["latency_runs"] <= 12
         assert rec["latency_p95_ms"] > 0 and rec["latency_ms"] > 0 and rec["latency_spread_ms"] >= 0
         assert (rec["macs_per_query"], rec["bytes_per_query"]) == analytic_cost(rec["dim"], 500, rec["precision"])
     json.loads(json.dumps(prof))  # keys and values are JSON-friendly
+
+
+def test_profile_interleaved_times_indexes_with_the_kernels():
+    archs = [(8, "fp32"), (8, "fp32", "flat"), (8, "fp32", "sq8"), (8, "fp32", "hnsw8_ef16"), (8, "fp32", "ivf8_np2")]
+    prof = profile_interleaved(archs, n_items=2000, k=10, rounds=2, runs=3, batch_sizes=(1, 4), max_seconds=0.5)
+    assert list(prof) == [arch_key(*a) for a in archs]
+    flat, sq8, hnsw = prof["dim=8,index=flat"], prof["dim=8,index=sq8"], prof["dim=8,index=hnsw8_ef16"]
+    assert flat["index"] == "flat" and flat["latency_ms"] > 0 and flat["latency_b4_ms"] > 0
+    assert sq8["bytes"] < flat["bytes"] and flat["bytes"] >= 2000 * 9 * 4
+    assert hnsw["macs_per_query"] is None and hnsw["bytes"] > flat["bytes"]
+    assert order_contradictions(prof) is not None  # records without an analytic cost are skipped
 
 
 def test_profile_interleaved_caps_runs_by_time():

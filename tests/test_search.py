@@ -164,6 +164,36 @@ def test_export_rewrites_the_tables(finished_run, cache):
     assert sorted(after["trial_id"]) == sorted(before["trial_id"])
 
 
+def test_export_writes_deployable_students_that_serve_the_evaluated_top_k(finished_run, tmp_path):
+    import torch
+
+    import kdtune.serve
+    from kdtune.cli.export import main as export_main
+    from kdtune.data import prepare
+    from kdtune.model.store import load_model
+    from kdtune.search.run import Run
+
+    out, _ = finished_run
+    assert export_main([str(out), "--serve", str(tmp_path / "serve")]) == 0
+    members = json.loads((tmp_path / "serve" / "manifest.json").read_text())["members"]
+    assert members and all(m["index"] == "flat" for m in members)  # this run has no index column
+    run = Run.load(out)
+    _, split = prepare(run.data)
+    front = pd.read_csv(out / "pareto.csv")
+    weights = front.set_index(front["trial_id"].astype(str))["weights"][members[0]["dir"]]
+    model = load_model(out / weights)
+    users = torch.arange(min(50, split.train.n_users))
+    scores = model.full_scores(users).detach()
+    for u in users.tolist():
+        scores[u, split.train.items_of(u)] = -float("inf")
+        scores[u, split.valid.items_of(u)] = -float("inf")
+    expected = torch.topk(scores, 10, dim=1).indices
+    deployed = kdtune.serve.load(tmp_path / "serve" / members[0]["dir"])
+    inter_ids = deployed.user_ids[: len(users)]
+    got = deployed.recommend(inter_ids, 10)
+    assert got == [[deployed.item_ids[i] for i in row] for row in expected.tolist()]
+
+
 def test_killed_driver_resumes_without_losing_trials(ray_cluster, cache, tmp_path):
     out = tmp_path / "killed"
     trials = 5

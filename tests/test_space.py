@@ -206,6 +206,22 @@ def test_precision_is_searched_or_fixed() -> None:
     assert parse_space(data).precisions() == ["bf16"]
 
 
+def test_index_is_searched_or_fixed_and_checked() -> None:
+    data = yaml.safe_load(VALID)
+    assert parse_space(data).indexes() == []
+    data["params"]["index"] = {"type": "categorical", "choices": ["flat", "sq8", "hnsw32_ef64", "ivf1024_np16"]}
+    assert parse_space(data).indexes() == ["flat", "sq8", "hnsw32_ef64", "ivf1024_np16"]
+    data["params"]["index"]["choices"].append("pq4")
+    with pytest.raises(SpaceError, match="params.index.*unknown index 'pq4'"):
+        parse_space(data)
+    del data["params"]["index"]
+    data["fixed"]["index"] = "hnsw16_ef32"
+    assert parse_space(data).indexes() == ["hnsw16_ef32"]
+    data["fixed"]["precision"] = "int8"
+    with pytest.raises(SpaceError, match="not both"):
+        parse_space(data)
+
+
 @pytest.mark.parametrize("case,text,key", BAD, ids=[b[0] for b in BAD])
 def test_validation_errors_name_their_key(tmp_path: Path, case: str, text: str, key: str) -> None:
     with pytest.raises(SpaceError, match=None) as info:

@@ -1,7 +1,7 @@
 """Export a run: trial table, Pareto front over distilled *and* plain students, re-scored on the test split,
 baselines, plot, weights, the Optuna study.
 
-    python -m kdtune.export results/<run>
+    python -m kdtune.export results/<run> [--serve DIR]
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 from kdtune.cli import run_cli, setup_logging
 from kdtune.data import prepare
 from kdtune.errors import UsageError
+from kdtune.report.deployable import write_deployables
 from kdtune.report.export import export_run
 from kdtune.search.baselines import run_baselines
 from kdtune.search.run import Run
@@ -21,6 +22,9 @@ from kdtune.search.spacefile import load_space
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kdtune.export", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a run directory written by python -m kdtune.search")
+    parser.add_argument("--serve", metavar="DIR", help="also write each front member as a deployable student "
+                        "(safetensors user table, Faiss item index, JSON manifest) to DIR/<member>/; load one "
+                        "with kdtune.serve.load(DIR/<member>)")
     ns = parser.parse_args(argv)
     setup_logging()
     run = Run.load(ns.run_dir)
@@ -34,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     run.save()
     print(result.table)
     print(f"\nFiles in {run.dir}: {', '.join(sorted(p.name for p in result.files))}")
+    if ns.serve:
+        written = write_deployables(run, result.front, ns.serve)
+        print(f"Deployable students in {ns.serve}: {', '.join(p.name for p in written) or 'none (no weights)'}")
     return 0
 
 

@@ -24,19 +24,21 @@ from kdtune.report.front import DISTILLED, PLAIN, FrontChoice, choose_front, obj
 from kdtune.report.tables import plot_front, write_front
 from kdtune.search.pareto import default_reference, hypervolume
 from kdtune.search.run import BASELINES_FILE, FINISHED, INCOMPLETE, Run
+from kdtune.serving.arch import index_of
 from kdtune.serving.plan import figures, with_run_latency
+from kdtune.serving.served import served_student
 from kdtune.train.evaluate import test_scores
 
 log = logging.getLogger("kdtune")
 
 STOPPED, ERROR = "stopped", "error"
-FRONT_COLUMNS = ["kind", "trial_id", "loss", "dim", "precision", "lr", "alpha", "T", "loss_params", "recall@K",
+FRONT_COLUMNS = ["kind", "trial_id", "loss", "dim", "precision", "index", "lr", "alpha", "T", "loss_params", "recall@K",
                  "ndcg@K", "test_recall@K", "test_ndcg@K", "plain_test_ndcg@K", "gain_vs_plain_ndcg@K", "latency_ms",
-                 "latency_spread_ms", "latency_p95_ms", "params", "bytes", "size_vs_teacher", "speedup_vs_teacher",
+                 "latency_spread_ms", "latency_p95_ms", "latency_b256_ms", "params", "bytes", "size_vs_teacher", "speedup_vs_teacher",
                  "best_epoch", "epochs_run", "weights"]
 BASELINE_COLUMNS = ["kind", "model", "dim", "precision", "lr", "recall@K", "ndcg@K", "test_recall@K", "test_ndcg@K",
                     "latency_ms", "latency_spread_ms", "params", "bytes"]
-SUMMARY_COLUMNS = ["kind", "trial_id", "loss", "dim", "precision", "test_recall@K", "test_ndcg@K",
+SUMMARY_COLUMNS = ["kind", "trial_id", "loss", "dim", "precision", "index", "test_recall@K", "test_ndcg@K",
                    "gain_vs_plain_ndcg@K", "latency_ms", "bytes", "size_vs_teacher"]
 
 
@@ -120,7 +122,7 @@ def finished_trials(run: Run, trials: pd.DataFrame, k: int) -> pd.DataFrame:
 def final_profiles(run: Run, knowledge: TeacherKnowledge) -> dict:
     """The run's final latency figures; a run stopped before its second measurement is measured now, the
     same way, and the figures are kept."""
-    plan = run.latency_plan(knowledge.arch["dim"])
+    plan = run.latency_plan(knowledge)
     run.latency = run.latency or plan.record()
     if "after" not in run.latency:
         run.latency["after"] = plan.measure()
@@ -136,7 +138,7 @@ def scored_front(run: Run, front: pd.DataFrame, baselines: pd.DataFrame, checkpo
         if row["kind"] == DISTILLED:
             dst.mkdir(parents=True, exist_ok=True)
             checkpoints[row["trial_id"]].to_directory(str(dst))
-            test_rows.append(test_scores(load_model(dst), run.split, k))
+            test_rows.append(_test_scores(load_model(dst), row, dst, run))
         else:
             test_rows.append({c: row[c] for c in row if c.startswith("test_")})
         test_rows[-1]["weights"] = dst.relative_to(run.dir).as_posix()
@@ -150,6 +152,16 @@ def scored_front(run: Run, front: pd.DataFrame, baselines: pd.DataFrame, checkpo
     front["speedup_vs_teacher"] = teacher["latency_ms"] / front["latency_ms"]
     front["loss_params"] = [json.dumps(_loss_params(r)) for r in front.to_dict("records")]
     return front
+
+
+def _test_scores(model, row: dict, directory: Path, run: Run) -> dict:
+    """A front member scored on test, through the index it is served with (the trial's own, kept with its
+    weights) when it has one."""
+    spec = index_of(row)
+    if spec is None:
+        return test_scores(model, run.split, run.data.k)
+    served = served_student(model, spec, directory, seed=run.data.seed)
+    return test_scores(served.scorer([run.split.train, run.split.valid], run.data.k), run.split, run.data.k)
 
 
 def _loss_params(row: dict) -> dict:

@@ -50,7 +50,7 @@ def run_search(run: Run, resumed: bool) -> str:
 
     # Every architecture of the space (and the teacher) is timed together, in interleaved rounds, before
     # any trial runs; a resumed run keeps the figures it started with. Trials read them from the settings.
-    plan = run.latency_plan(knowledge.arch["dim"])
+    plan = run.latency_plan(knowledge)
     run.latency = run.latency or plan.record()
     if "before" not in run.latency:
         measure_latency(run, plan, "before")

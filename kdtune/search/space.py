@@ -124,6 +124,14 @@ class SearchSpace:
             return [str(c) for c in self.params["precision"].choices]
         return ["fp32"]
 
+    def indexes(self) -> list[str]:
+        """Every serving index the space can propose (empty when it does not search one)."""
+        if "index" in self.fixed:
+            return [str(self.fixed["index"])]
+        if "index" in self.params:
+            return [str(c) for c in self.params["index"].choices]
+        return []
+
     def lr_range(self) -> tuple[float, float]:
         """``(low, high)`` of the learning rate (equal bounds when ``lr`` is fixed)."""
         if "lr" in self.fixed:

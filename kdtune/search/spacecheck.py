@@ -35,6 +35,7 @@ def check_semantics(space: SearchSpace, fail: Callable[[str, str], SpaceError]) 
     _weights(space, LOSSES, fail)
     _dim(space, fail)
     _precision(space, fail)
+    _index(space, fail)
 
     entries = [(f"params.{n}", n, p.when) for n, p in space.params.items()]
     entries += [(f"conditional.{n}", n, p.when) for n, p in space.conditional.items()]
@@ -98,6 +99,24 @@ def _precision(space: SearchSpace, fail: Callable[[str, str], SpaceError]) -> No
     for value in space.precisions():
         if value not in PRECISIONS:
             raise fail(key, f"unknown precision {value!r} (known: {', '.join(PRECISIONS)})")
+
+def _index(space: SearchSpace, fail: Callable[[str, str], SpaceError]) -> None:
+    from kdtune.serving.index import INDEX_HELP, check_index
+
+    if "index" in space.conditional:
+        raise fail("conditional.index", "must be in params (categorical) or fixed")
+    key = "fixed.index" if "index" in space.fixed else "params.index"
+    if "index" in space.params and space.params["index"].type != "categorical":
+        raise fail(key, f"must be categorical over index specs ({INDEX_HELP})")
+    if space.indexes() and space.precisions() != ["fp32"]:
+        raise fail(key, "a student is served either through an index or at a precision of kdtune's kernels: "
+                        "search index or precision, not both")
+    for value in space.indexes():
+        try:
+            check_index(value)
+        except ValueError as exc:
+            raise fail(key, str(exc)) from None
+
 
 def _dim(space: SearchSpace, fail: Callable[[str, str], SpaceError]) -> None:
     if "dim" in space.fixed:

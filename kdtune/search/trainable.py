@@ -16,7 +16,8 @@ from kdtune.data.interactions import Split
 from kdtune.losses import get_loss
 from kdtune.model.quantized import quantize
 from kdtune.model.store import TeacherKnowledge, save_model
-from kdtune.serving.arch import arch_of, precision_of
+from kdtune.serving.arch import arch_of, index_of, precision_of
+from kdtune.serving.served import ServedStudent, save_served_index
 from kdtune.train.evaluate import evaluate
 from kdtune.train.fit import distill
 
@@ -54,7 +55,9 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
     rung. The last report (``final: True``) carries the best epoch's metrics over all validation users and
     the student's checkpoint; a trial stopped by the scheduler never sends it. A student searched at a
     lower serving precision trains in float32 (its per-epoch signal is the float model's) and its final
-    metrics, weights and size are those of the quantised model.
+    metrics, weights and size are those of the quantised model; one served through an index is scored
+    through it (``kdtune.serving.served``), its size is the index's, and the index is kept with its weights
+    (built once per trial and index settings, reused by the export).
     """
     done = tune.get_checkpoint()
     if done is not None:
@@ -88,17 +91,23 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
         k=settings.k, device=device, valid_users=settings.valid_users, on_epoch=report_epoch,
         rescore_best=precision == "fp32", **fit_kwargs,  # a quantised student is scored below instead
     )
-    best = result.best_metrics
-    if precision != "fp32":
+    best, served = result.best_metrics, None
+    if index_of(config) is not None:
+        # Served through an index: what a user sees is what the index returns, seen items dropped.
+        served = ServedStudent.from_model(student.cpu(), index_of(config), seed=settings.seed)
+        best = evaluate(served.scorer(split.train, settings.k), split.train, split.valid, ks=(settings.k,))
+    elif precision != "fp32":
         # Trained in float32, served quantised: the reported metrics are those of the quantised weights.
         student = quantize(student.cpu(), precision)
         best = evaluate(student, split.train, split.valid, ks=(settings.k,))
     metrics = {**{name: value for name, value in best.items() if name != "n_users"}, "precision": precision,
-               "epoch": result.epochs_run, "train_loss": result.history[-1]["loss"] if result.history else None,
-               **fixed, "final": True, "params": student.n_params(), "bytes": student.n_bytes(),
+               "index": index_of(config), "epoch": result.epochs_run, "train_loss": result.history[-1]["loss"] if result.history else None,
+               **fixed, "final": True, "params": student.n_params(), "bytes": student.n_bytes() if served is None else served.n_bytes(),
                **_fit_record(result), **_placement(device, gpu_ids)}
     with tempfile.TemporaryDirectory() as tmp:
         save_model(student, Path(tmp))
+        if served is not None:
+            save_served_index(served, Path(tmp))
         (Path(tmp) / METRICS_FILE).write_text(json.dumps(metrics))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 

@@ -3,7 +3,9 @@
 Every consumer (search, export) uses the same measurement of the same architecture, so two students of
 one architecture can never be told apart by measurement noise. Each call is scoring + top-K with the
 serving kernel of :class:`kdtune.model.kernels.ItemIndex` on random tables (latency depends on shapes
-and precision, not on trained values).
+and precision, not on trained values), or a search of the architecture's Faiss index
+(:mod:`kdtune.serving.index`), built over the item table ``tables(dim, n_items)`` gives: an approximate
+index's speed depends on how the items are spread, so a run passes tables drawn like its trained ones.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import Any
 import torch
 
 from kdtune.model.kernels import ItemIndex
-from kdtune.serving.arch import arch_key, parse_arch
+from kdtune.serving.arch import Arch, arch_key, parse_arch
+from kdtune.serving.catalog import Tables, gaussian_tables
+from kdtune.serving.index import IndexSpec, augment_users, build_index, index_bytes
 from kdtune.serving.timing import analytic_cost
 
 
@@ -34,6 +38,7 @@ def profile_interleaved(
     seed: int = 0,
     max_seconds: float = 3.0,
     warmup: int = 3,
+    tables: Tables | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Latency of every architecture, timed together in interleaved rounds; keyed by ``arch_key``.
 
@@ -47,9 +52,10 @@ def profile_interleaved(
     not fit, fewer rounds are run: at least 3 at batch 1; at larger batches, if not one round fits, the
     estimating call (made in sequence) is the figure, with no spread. Each call is scoring + top-``k``
     with the serving kernel of ``ItemIndex`` on random tables (latency depends on shapes and precision,
-    not on trained values).
+    not on trained values); an architecture with an index searches it (built once, over ``tables(dim,
+    n_items)``, Gaussian by default) with Faiss on the same number of threads.
 
-    Returns per architecture: ``dim``, ``precision``, ``n_items``, ``k``, ``device``, ``threads``,
+    Returns per architecture: ``dim``, ``precision``, ``index`` (its spec, or None), ``n_items``, ``k``, ``device``, ``threads``,
     ``macs_per_query``, ``bytes_per_query`` (``analytic_cost`` at that precision), and, if 1 is among
     ``batch_sizes`` (the default; leave it out only to time big batches alone), at batch 1
     ``latency_ms`` (median of the round medians), ``latency_spread_ms`` (interquartile range of the round
@@ -70,37 +76,35 @@ def profile_interleaved(
     sizes = tuple(sorted({int(b) for b in batch_sizes}))
     if not sizes or sizes[0] < 1:
         raise ValueError(f"batch_sizes must be positive, got {batch_sizes}")
-    keys = [arch_key(d, p) for d, p in parsed]
-    indexes = {
-        key: ItemIndex.from_float(
-            torch.randn(n_items, d, generator=gen).mul_(0.1), torch.randn(n_items, generator=gen).mul_(0.01), p, dev
-        )
-        for key, (d, p) in zip(keys, parsed, strict=True)
-    }
+    keys = [arch_key(*a) for a in parsed]
+    indexes = {key: _serving_index(a, n_items, gen, dev, tables or gaussian_tables(seed))
+               for key, a in zip(keys, parsed, strict=True)}
     # The same user vectors for every precision of a dim: only the kernel differs between them.
-    users = {(d, b): torch.randn(b, d, generator=gen).mul_(0.1).to(dev) for d, _ in parsed for b in sizes}
+    users = {(a.dim, b): torch.randn(b, a.dim, generator=gen).mul_(0.1).to(dev) for a in parsed for b in sizes}
+    queries = {(key, b): augment_users(users[(a.dim, b)].cpu().numpy(), int(indexes[key].d))
+               for key, a in zip(keys, parsed, strict=True) if a.index is not None for b in sizes}
 
     def call(key: str, dim: int, b: int) -> float:
+        index = indexes[key]
         if cuda:
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter_ns()
-        indexes[key].topk(users[(dim, b)], k)
+        if isinstance(index, ItemIndex):
+            index.topk(users[(dim, b)], k)
+        else:
+            index.search(queries[(key, b)], k)
         if cuda:
             torch.cuda.synchronize(dev)
         return (time.perf_counter_ns() - t0) / 1e6
 
     order = random.Random(seed)
-    out: dict[str, dict[str, Any]] = {}
-    for key, (d, p) in zip(keys, parsed, strict=True):
-        macs, nbytes = analytic_cost(d, n_items, p)
-        out[key] = {"dim": d, "precision": p, "n_items": n_items, "k": k, "device": str(dev),
-                    "macs_per_query": macs, "bytes_per_query": nbytes}  # fmt: skip
+    out = {key: _record_of(a, indexes[key], n_items, k, dev) for key, a in zip(keys, parsed, strict=True)}
     prev_threads = torch.get_num_threads()
     n_threads = prev_threads if threads is None else int(threads)
-    visits = list(zip(keys, [d for d, _ in parsed], strict=True))
+    visits = list(zip(keys, [a.dim for a in parsed], strict=True))
     try:
         torch.set_num_threads(n_threads)
-        with torch.inference_mode():
+        with torch.inference_mode(), _faiss_threads(n_threads):
             for b in sizes:
                 budget_ms = max_seconds / len(sizes) * 1e3
                 medians, pooled, n_rounds = _rounds(call, visits, b, budget_ms, rounds, runs, warmup, order)
@@ -110,6 +114,49 @@ def profile_interleaved(
     for rec in out.values():
         rec["threads"] = n_threads
     return out
+
+
+def _serving_index(arch: Arch, n_items: int, gen: torch.Generator, dev: torch.device, tables: Tables) -> Any:
+    """kdtune's kernel at the arch's precision on random tables, or the arch's Faiss index over ``tables``."""
+    if arch.index is None:
+        return ItemIndex.from_float(torch.randn(n_items, arch.dim, generator=gen).mul_(0.1),
+                                    torch.randn(n_items, generator=gen).mul_(0.01), arch.precision, dev)
+    items, bias = tables(arch.dim, n_items)
+    return build_index(arch.index, items, bias)
+
+
+def _record_of(arch: Arch, index: Any, n_items: int, k: int, dev: torch.device) -> dict[str, Any]:
+    """The fixed part of an architecture's record: its shape, and its analytic cost where one is defined
+    (kdtune's kernels; a scalar-quantised or flat index reads the index, every row once; an IVF or HNSW
+    search reads a data-dependent part of it, so its cost is left as None)."""
+    rec = {"dim": arch.dim, "precision": arch.precision, "index": arch.index, "n_items": n_items, "k": k,
+           "device": str(dev)}
+    if arch.index is None:
+        macs, nbytes = analytic_cost(arch.dim, n_items, arch.precision)
+    elif IndexSpec.parse(arch.index).exact:
+        macs, nbytes = n_items * (arch.dim + 1), index_bytes(index) + (arch.dim + 1) * 4
+    else:
+        macs = nbytes = None
+    rec.update(macs_per_query=macs, bytes_per_query=nbytes, bytes=None if arch.index is None else index_bytes(index))
+    return rec
+
+
+class _faiss_threads:
+    """Faiss's OpenMP threads fixed to ``n`` inside the block, restored after."""
+
+    def __init__(self, n: int):
+        self.n, self.prev = n, None
+
+    def __enter__(self):
+        import faiss
+
+        self.prev = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        import faiss
+
+        faiss.omp_set_num_threads(self.prev)
 
 
 def _rounds(call: Callable[[str, int, int], float], visits: list[tuple[str, int]], b: int, budget_ms: float,
@@ -180,11 +227,15 @@ def order_contradictions(profiles: dict[str, dict[str, Any]], batch: int = 1) ->
     """
     name = "latency" if batch == 1 else f"latency_b{batch}"
     lines = []
-    for ka, a in profiles.items():
-        for kb, b in profiles.items():
+    costed = {key: rec for key, rec in profiles.items() if rec.get("macs_per_query") is not None}
+    for ka, a in costed.items():
+        for kb, b in costed.items():
             cheaper = (a["bytes_per_query"] <= b["bytes_per_query"] and a["macs_per_query"] <= b["macs_per_query"]
                        and (a["bytes_per_query"], a["macs_per_query"]) != (b["bytes_per_query"], b["macs_per_query"]))  # fmt: skip
-            related = a["dim"] == b["dim"] or a["precision"] == b["precision"]
+            # kdtune's kernels and Faiss's indexes are compared within their own kind (bench/serving.py compares
+            # the two kinds): across kinds a faster kernel is a finding, not a contradiction.
+            same_kind = (a.get("index") is None) == (b.get("index") is None)
+            related = same_kind and (a["dim"] == b["dim"] or (a["precision"], a.get("index")) == (b["precision"], b.get("index")))
             if not (cheaper and related) or f"{name}_ms" not in a or f"{name}_ms" not in b:
                 continue
             gap = a[f"{name}_ms"] - b[f"{name}_ms"]

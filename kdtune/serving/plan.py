@@ -10,11 +10,13 @@ apart by measurement noise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from kdtune.serving.arch import arch_key, arch_of
+from kdtune.serving.catalog import trained_tables
 from kdtune.serving.interleaved import order_contradictions, profile_interleaved
 
 
@@ -29,10 +31,16 @@ class LatencyPlan:
     k: int
     device: str = "cpu"
     threads: int = 1
+    indexes: list[str] = field(default_factory=list)
+    reference: tuple[np.ndarray, np.ndarray] | None = None
+    """The teacher's item table and bias: the indexes are built over tables drawn from it (projected to each
+    dim, extended to the catalogue size, :func:`kdtune.serving.catalog.trained_tables`)."""
 
     def archs(self) -> list[str]:
-        """Every student architecture of the space, then the teacher's (``arch_key`` strings)."""
+        """Every student architecture of the space, then the teacher's (``arch_key`` strings). A space that
+        searches indexes also times each dim on kdtune's fp32 kernel: the plain students are served so."""
         students = [arch_key(d, p) for d in self.dims for p in self.precisions]
+        students += [arch_key(d, index=i) for d in self.dims for i in self.indexes]
         return list(dict.fromkeys([*students, self.teacher_key()]))
 
     def teacher_key(self) -> str:
@@ -41,23 +49,29 @@ class LatencyPlan:
     def record(self) -> dict:
         """What ``run.json`` says about how latency was measured (the figures are added under
         ``before`` and ``after``)."""
-        return {"catalog_size": self.catalog_size, "k": self.k, "device": self.device, "threads": self.threads,
-                "batch": 1, "archs": self.archs(), "teacher": self.teacher_key()}
+        record = {"catalog_size": self.catalog_size, "k": self.k, "device": self.device, "threads": self.threads,
+                  "batch": 1, "archs": self.archs(), "teacher": self.teacher_key()}
+        if self.indexes:
+            record["index_tables"] = ("the teacher's item table projected to each dim; rows beyond the data's "
+                                      "catalogue drawn from it (a random row plus noise of 0.25 x each column's std)")
+        return record
 
     def measure(self) -> dict:
         """Time every architecture in interleaved rounds, as a Ray task when Ray is up (one CPU, or a GPU
         share for ``cuda``), so it runs on a worker like the trials; in this process otherwise."""
         import ray
 
-        args = (self.archs(), self.catalog_size, self.k, self.device, self.threads)
+        args = (self.archs(), self.catalog_size, self.k, self.device, self.threads, self.reference)
         if not ray.is_initialized():
             return _profile(*args)
         task = ray.remote(num_cpus=1, num_gpus=0.01 if self.device == "cuda" else 0)(_profile)
         return ray.get(task.remote(*args))
 
 
-def _profile(archs: list[str], catalog: int, k: int, device: str, threads: int) -> dict:
-    profiles = profile_interleaved(archs, catalog, k=k, device=device, threads=threads)
+def _profile(archs: list[str], catalog: int, k: int, device: str, threads: int,
+             reference: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    tables = None if reference is None else trained_tables(*reference)
+    profiles = profile_interleaved(archs, catalog, k=k, device=device, threads=threads, tables=tables)
     return {"profiles": profiles, "contradictions": order_contradictions(profiles)}
 
 
@@ -73,6 +87,7 @@ def with_run_latency(df: pd.DataFrame, profiles: dict) -> pd.DataFrame:
     if "latency_ms" in out and "search_latency_ms" not in out:
         out["search_latency_ms"] = out["latency_ms"]
     keys = [arch_of(r) for r in out.to_dict("records")]
-    for col in ("latency_ms", "latency_spread_ms", "latency_p95_ms", "latency_b256_ms", "bytes_per_query"):
+    for col in ("latency_ms", "latency_spread_ms", "latency_p95_ms", "latency_b256_ms", "latency_b256_spread_ms",
+                "bytes_per_query"):
         out[col] = [profiles.get(key, {}).get(col) for key in keys]
     return out

@@ -1,0 +1,108 @@
+"""A student as it is served: its user table and its item table in a Faiss index (:mod:`kdtune.serving.index`).
+
+:class:`ServedStudent` is what a trial's metrics are measured through, what the export re-scores on test,
+and what :mod:`kdtune.serve` loads from a deployable directory: one search path (``search_unseen``) for all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kdtune.data.interactions import Interactions
+from kdtune.serving.index import IndexSpec, build_index, describe_index, search_unseen
+
+
+class ServedStudent:
+    """User vectors ``[n_users, dim]`` (float32) and an item index of ``spec`` over the same dim."""
+
+    def __init__(self, users: np.ndarray, index: Any, spec: str):
+        self.users = np.ascontiguousarray(users, dtype=np.float32)
+        self.index = index
+        self.spec = IndexSpec.parse(spec)
+        if int(index.d) < self.users.shape[1] + 1:
+            raise ValueError(f"the index has {int(index.d)} columns, too few for user vectors of dim {self.users.shape[1]}")
+
+    @classmethod
+    def from_model(cls, model: Any, spec: str, seed: int = 0) -> ServedStudent:
+        """The served form of an ``MF`` (or a ``QuantizedMF``'s float tables): its item table indexed by ``spec``."""
+        if hasattr(model, "float_tables"):
+            users, items = model.float_tables()
+            bias = model.item_bias
+        else:
+            users, items = model.user_emb.weight, model.item_emb.weight
+            bias = model.item_bias.weight.reshape(-1)
+        items_np = items.detach().float().cpu().numpy()
+        index = build_index(spec, items_np, bias.detach().float().cpu().numpy(), seed=seed)
+        return cls(users.detach().float().cpu().numpy(), index, spec)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.index.ntotal)
+
+    def n_bytes(self) -> int:
+        """The index's serialized size (the item side a server holds)."""
+        return describe_index(self.index)["bytes"]
+
+    def recommend(self, users: Sequence[int] | np.ndarray, k: int, seen: Sequence[np.ndarray] | None = None
+                  ) -> np.ndarray:
+        """``[B, k]`` internal item ids of each user's top ``k``, ``seen[b]`` excluded (``-1`` pads a short list)."""
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        if users.size and (users.min() < 0 or users.max() >= len(self.users)):
+            raise ValueError(f"user ids must be in [0, {len(self.users)}), got {users.min()}..{users.max()}")
+        return search_unseen(self.index, self.users[users], k, seen)
+
+    def scorer(self, seen: Interactions | Sequence[Interactions], k: int) -> IndexScorer:
+        """An object ``kdtune.train.evaluate.evaluate`` scores: its top ``k`` through this index."""
+        return IndexScorer(self, [seen] if isinstance(seen, Interactions) else list(seen), k)
+
+
+SERVED_INDEX_FILE = "index.faiss"
+
+
+def save_served_index(served: ServedStudent, directory: Path) -> Path:
+    """Keep a student's built index next to its weights (``index.faiss``), so it is built once per trial."""
+    import faiss
+
+    path = Path(directory) / SERVED_INDEX_FILE
+    faiss.write_index(served.index, str(path))
+    (Path(directory) / (SERVED_INDEX_FILE + ".spec")).write_text(served.spec.name)
+    return path
+
+
+def served_student(model: Any, spec: str, directory: Path | None = None, seed: int = 0) -> ServedStudent:
+    """The student served through ``spec``: the index kept in ``directory`` when it was built with that spec,
+    else built now."""
+    import faiss
+
+    path = None if directory is None else Path(directory) / SERVED_INDEX_FILE
+    tag = None if path is None else path.with_name(SERVED_INDEX_FILE + ".spec")
+    if path is not None and path.is_file() and tag.is_file() and tag.read_text() == IndexSpec.parse(spec).name:
+        users = (model.float_tables()[0] if hasattr(model, "float_tables") else model.user_emb.weight).detach()
+        return ServedStudent(users.float().cpu().numpy(), faiss.read_index(str(path)), spec)
+    return ServedStudent.from_model(model, spec, seed=seed)
+
+
+class IndexScorer:
+    """``full_scores`` of a :class:`ServedStudent` for ``evaluate``: the ``k`` items the index returns for each
+    user (seen ones dropped by :func:`search_unseen`) get descending scores ``k, k-1, ...``, every other item
+    ``-inf`` (never a hit in ``evaluate``), so the evaluation's top ``k`` is the index's, in its order."""
+
+    def __init__(self, served: ServedStudent, seen: list[Interactions], k: int):
+        self.served, self.seen, self.k = served, seen, k
+
+    def full_scores(self, users: torch.Tensor) -> torch.Tensor:
+        ids = users.cpu().numpy()
+        seen = [np.unique(np.concatenate([s.indices[s.indptr[u]: s.indptr[u + 1]].numpy() for s in self.seen]))
+                for u in ids]
+        top = self.served.recommend(ids, self.k, seen)
+        scores = torch.full((len(ids), self.served.n_items), -float("inf"))
+        rank_score = torch.arange(self.k, 0, -1, dtype=torch.float32).expand(len(ids), -1)
+        found = torch.from_numpy(top >= 0)
+        rows = torch.arange(len(ids))[:, None].expand(-1, self.k)
+        scores[rows[found], torch.from_numpy(top)[found]] = rank_score[found]
+        return scores
