@@ -64,6 +64,8 @@ def test_search_exports_a_consistent_front(finished_run):
     payload = json.loads((out / "pareto.json").read_text())
     plain = pd.DataFrame([b for b in payload["baselines"] if b["kind"] == "plain"])
     assert sorted(plain["trial_id"]) == ["plain-dim4", "plain-dim8"]
+    # the plain students trained beside the trials: the export waited for them, it did not train them
+    assert 0 <= run["timings"]["plain_wait_s"] <= run["timings"]["export_s"]
     finished = trials[trials["outcome"] == "finished"]
     by_dim = plain.set_index("dim")
     ahead = [(r["recall@20"] > by_dim.loc[r["dim"], "recall@20"]) and (r["ndcg@20"] > by_dim.loc[r["dim"], "ndcg@20"])

@@ -16,7 +16,7 @@ from kdtune.config import DEFAULTS, SearchSettings, TeacherSettings, TrialSettin
 from kdtune.data.interactions import Split
 from kdtune.model.store import TeacherKnowledge
 from kdtune.report.export import export_run
-from kdtune.search.baselines import run_baselines
+from kdtune.search.baselines import baselines_done, run_baselines, start_plain_students
 from kdtune.search.cluster import default_concurrency, node_sizes, resources_per_trial
 from kdtune.search.run import EXPERIMENT, FINISHED, SCHEDULER_STATE, Run
 from kdtune.search.samplers import make_sampler
@@ -61,6 +61,9 @@ def run_search(run: Run, resumed: bool) -> str:
         tune.with_parameters(train_student, knowledge=knowledge, split=split_ref, settings=trial_settings), res)
     run.experiment()
     run.save()
+    # The plain students train as tasks beside the trials (on the cores the trials leave free), not after them.
+    pending = None if baselines_done(run) else start_plain_students(
+        split_ref, run.space, k, run.data.seed, res, run.search.valid_users)
 
     t0 = time.perf_counter()
     tuner = restored_tuner(run, trainable) if resumed else None
@@ -73,7 +76,9 @@ def run_search(run: Run, resumed: bool) -> str:
     run.save()
 
     t0 = time.perf_counter()
-    result = export_run(run, knowledge, run_baselines(run, knowledge, remote=True))
+    baselines = run_baselines(run, knowledge, pending)
+    run.timings["plain_wait_s"] = round(time.perf_counter() - t0, 3)  # plain students still running after the trials
+    result = export_run(run, knowledge, baselines)
     run.timings["export_s"] = round(time.perf_counter() - t0, 3)
     run.exported = time.strftime("%Y-%m-%dT%H:%M:%S")
     run.save()
