@@ -17,7 +17,7 @@ from kdtune.data.interactions import Split
 from kdtune.model.store import TeacherKnowledge
 from kdtune.report.export import export_run
 from kdtune.search.baselines import baselines_done, run_baselines, start_plain_students
-from kdtune.search.cluster import default_concurrency, node_sizes, resources_per_trial
+from kdtune.search.cluster import gpu_memory, node_sizes, plan_resources, trial_gpu_bytes
 from kdtune.search.run import EXPERIMENT, FINISHED, SCHEDULER_STATE, Run
 from kdtune.search.samplers import make_sampler
 from kdtune.search.scheduler import ParetoASHA
@@ -37,8 +37,7 @@ def run_search(run: Run, resumed: bool) -> str:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     nodes = node_sizes()  # the cluster as this run sees it, asked once
-    res = resources_per_trial(run.search, nodes)
-    run.resources_per_trial, run.nodes = res, nodes
+    res = plan_run_resources(run, nodes)
 
     t0 = time.perf_counter()
     split_ref = ray.put(run.split)
@@ -67,7 +66,7 @@ def run_search(run: Run, resumed: bool) -> str:
 
     t0 = time.perf_counter()
     tuner = restored_tuner(run, trainable) if resumed else None
-    (tuner or new_tuner(run, trainable, res, nodes)).fit()
+    (tuner or new_tuner(run, trainable, res)).fit()
     run.timings["trials_s"] = round(run.timings.get("trials_s", 0) + time.perf_counter() - t0, 3)
     if (run.dir / SCHEDULER_STATE).exists():
         run.scheduler = {"name": run.search.scheduler, "state_file": SCHEDULER_STATE}
@@ -82,12 +81,28 @@ def run_search(run: Run, resumed: bool) -> str:
     run.timings["export_s"] = round(time.perf_counter() - t0, 3)
     run.exported = time.strftime("%Y-%m-%dT%H:%M:%S")
     run.save()
-    summary = [result.table]
+    plan = run.resource_plan
+    summary = [result.table, f"\nResources: {plan['per_trial']} per trial, {plan['trials_at_once']} at a time "
+                             f"({plan['reason']})"]
     if run.status != FINISHED:
         summary.append(f"\nThe search stopped early ({run.trial_counts}); continue it with: "
                        f"python -m kdtune.search --resume {run.dir}")
     summary.append(f"\nFiles in {run.dir}: {', '.join(sorted(p.name for p in result.files))}")
     return "\n".join(summary)
+
+
+def plan_run_resources(run: Run, nodes: list[dict]) -> dict:
+    """Each trial's resources (:func:`~kdtune.search.cluster.plan_resources`: a GPU node filled to its CPUs,
+    bounded by the trials' GPU memory), recorded in the run with the nodes it was planned for."""
+    trial_bytes = None
+    if run.search.gpus_per_trial is None and any(n["GPU"] >= 1 for n in nodes):
+        nodes = gpu_memory(nodes)
+        train = run.split.train
+        trial_bytes = trial_gpu_bytes(train.n_users, train.n_items, train.nnz, max(run.space.dims()),
+                                      run.search.teacher_dim, run.search.teacher_topn)
+    run.resource_plan = plan_resources(run.search, nodes, trial_bytes)
+    run.resources_per_trial, run.nodes = run.resource_plan["per_trial"], nodes
+    return run.resources_per_trial
 
 
 def run_teacher(run: Run, split_ref, nodes: list[dict]) -> TeacherKnowledge:
@@ -141,10 +156,10 @@ def make_scheduler(search: SearchSettings, space: SearchSpace, run: Run, k: int)
     )
 
 
-def new_tuner(run: Run, trainable, res: dict, nodes: list[dict]) -> tune.Tuner:
+def new_tuner(run: Run, trainable, res: dict) -> tune.Tuner:
     """A Tuner for a new search: Optuna proposes, the scheduler stops, the snapshot keeps Tune's state."""
     search, k = run.search, run.data.k
-    concurrency = search.concurrency or default_concurrency(res, nodes)
+    concurrency = search.concurrency or run.resource_plan["trials_at_once"]
     searcher = OptunaSearch(space=run.space.define_by_run, metric=[f"recall@{k}", "latency_ms"], mode=["max", "min"],
                             sampler=make_sampler(search.sampler, run.data.seed, search.trials))
     print(f"Searching {search.trials} trials, {concurrency} at a time, {res} each, scheduler {search.scheduler}",

@@ -13,6 +13,7 @@ from ray import tune
 
 from kdtune.config import MODEL_KEYS, TRAIN_DEFAULTS, TrialSettings
 from kdtune.data.interactions import Split
+from kdtune.errors import TrialOutOfMemory
 from kdtune.losses import get_loss
 from kdtune.model.quantized import quantize
 from kdtune.model.store import TeacherKnowledge, save_model
@@ -83,11 +84,19 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
         tune.report({**metrics, **fixed, "final": False})
 
     precision = precision_of(config)
-    student, result = distill(
-        knowledge.model(), knowledge.topn, split.train, split.valid, dim, loss, seed=settings.seed,
-        k=settings.k, device=device, valid_users=settings.valid_users, on_epoch=report_epoch,
-        rescore_best=precision == "fp32", **fit_kwargs,  # a quantised student is scored below instead
-    )
+    try:
+        student, result = distill(
+            knowledge.model(), knowledge.topn, split.train, split.valid, dim, loss, seed=settings.seed,
+            k=settings.k, device=device, valid_users=settings.valid_users, on_epoch=report_epoch,
+            rescore_best=precision == "fp32", **fit_kwargs,  # a quantised student is scored below instead
+        )
+    except torch.cuda.OutOfMemoryError as exc:
+        # The trial's own memory goes back to the GPU its neighbours share; the trial ends as an error.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "out of memory"
+        raise TrialOutOfMemory(f"GPU out of memory (dim {dim}, loss {loss}, batch {fit_kwargs['batch_size']} "
+                               f"on {device}): {first}") from None
     best = result.best_metrics
     if precision != "fp32":
         # Trained in float32, served quantised: the reported metrics are those of the quantised weights.
