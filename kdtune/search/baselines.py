@@ -24,6 +24,7 @@ from kdtune.data.interactions import Split
 from kdtune.model.mf import MF
 from kdtune.model.store import TeacherKnowledge, save_model
 from kdtune.report.front import PLAIN, TEACHER
+from kdtune.search.memory import largest, peak_memory
 from kdtune.search.run import BASELINES_FILE, Run
 from kdtune.search.space import SearchSpace
 from kdtune.train.evaluate import test_scores
@@ -51,7 +52,7 @@ def _plain_task(split: Split, dim: int, lr: float, train_kwargs: dict, k: int, s
             f"ndcg@{k}": fit.best_metrics[f"ndcg@{k}"], **test_scores(model, split, k),
             "params": model.n_params(), "bytes": model.n_bytes(), "best_epoch": fit.best_epoch,
             "epochs_run": fit.epochs_run, "state": {name: t.clone() for name, t in model.state_dict().items()},
-            "arch": model.arch()}
+            "arch": model.arch(), **peak_memory(device)}
 
 
 def plain_jobs(space: SearchSpace) -> tuple[list[tuple[int, float]], dict]:
@@ -107,7 +108,7 @@ def best_plain(rows: list[dict], k: int) -> tuple[pd.DataFrame, dict[str, tuple[
     ``{trial_id: (arch, state)}``."""
     if not rows:
         return pd.DataFrame(columns=["trial_id", "kind", "model", "loss", "precision", "dim"]), {}
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows).drop(columns=["peak_rss_gb", "peak_gpu_gb"], errors="ignore")
     best = df.loc[df.groupby("dim")[f"ndcg@{k}"].idxmax()].sort_values("dim").reset_index(drop=True)
     weights = {plain_id(r["dim"]): (r["arch"], r["state"]) for _, r in best.iterrows()}
     best = best.drop(columns=["state", "arch"])
@@ -144,6 +145,7 @@ def run_baselines(run: Run, knowledge: TeacherKnowledge, pending: PendingPlain |
     else:
         rows = serial_plain_rows(run.split, run.space, run.data.k, run.data.seed,
                                  int((run.resources_per_trial or {}).get("cpu", 1)), run.search.valid_users)
+    run.peak_memory = {**(run.peak_memory or {}), "plain_rss_gb": largest(rows, "peak_rss_gb")}
     plain, weights = best_plain(rows, run.data.k)
     for trial_id, (arch, state) in weights.items():
         save_model(MF.from_state(arch, state), run.dir / "students" / trial_id)

@@ -126,18 +126,18 @@ WORKING_BYTES = 256 * 2**20
 """Slack for a step's temporaries (a loss's per-batch score matrices, the best state's copy)."""
 
 
-def trial_gpu_bytes(n_users: int, n_items: int, nnz: int, dim: int, teacher_dim: int, topn: int,
-                    eval_users: int = 1024) -> int:
+def trial_gpu_bytes(n_users: int, n_items: int, nnz: int, dim: int, teacher_dim: int, topn: int) -> int:
     """An upper estimate of one trial's GPU memory: the student (weights, gradients, AdamW's two moments),
     the teacher and its top-N lists, the sampler's triplets and positive set, the validation buffers."""
     from kdtune.config import MAX_BITMAP_CELLS
+    from kdtune.train.evaluate import CHUNK_BYTES
 
     rows = n_users + n_items
     student = rows * dim * 4 * 4
     teacher = rows * teacher_dim * 4 + n_users * topn * 8
     positives = n_users * n_items if n_users * n_items <= MAX_BITMAP_CELLS else nnz * 8
     sampler = nnz * 8 * 3 + positives  # users, items, an epoch's permutation
-    evaluation = min(eval_users, n_users) * n_items * 5 + nnz * 8 * 2
+    evaluation = min(n_users * n_items * 5, CHUNK_BYTES["cuda"]) + nnz * 8 * 2  # a chunk of users, the CSRs
     return int(student + teacher + sampler + evaluation + CUDA_CONTEXT_BYTES + WORKING_BYTES)
 
 

@@ -18,6 +18,7 @@ from kdtune.model.store import TeacherKnowledge
 from kdtune.report.export import export_run
 from kdtune.search.baselines import baselines_done, run_baselines, start_plain_students
 from kdtune.search.cluster import gpu_memory, node_sizes, plan_resources, trial_gpu_bytes
+from kdtune.search.memory import describe, largest, peak_memory
 from kdtune.search.run import EXPERIMENT, FINISHED, SCHEDULER_STATE, Run
 from kdtune.search.samplers import make_sampler
 from kdtune.search.scheduler import ParetoASHA
@@ -70,20 +71,28 @@ def run_search(run: Run, resumed: bool) -> str:
     run.timings["trials_s"] = round(run.timings.get("trials_s", 0) + time.perf_counter() - t0, 3)
     if (run.dir / SCHEDULER_STATE).exists():
         run.scheduler = {"name": run.search.scheduler, "state_file": SCHEDULER_STATE}
-    # The same architectures timed the same way again, now that no trial runs: the front uses these.
+    t0 = time.perf_counter()
+    baselines = run_baselines(run, knowledge, pending)  # plain students still running wait here, before latency
+    run.timings["plain_wait_s"] = round(time.perf_counter() - t0, 3)
+    # The same architectures timed the same way again, now that nothing runs: the front uses these.
     measure_latency(run, plan, "after")
     run.save()
+    return export(run, knowledge, baselines)
 
+
+def export(run: Run, knowledge: TeacherKnowledge, baselines) -> str:
+    """Export the run, record its timing and peak memory; returns the summary."""
     t0 = time.perf_counter()
-    baselines = run_baselines(run, knowledge, pending)
-    run.timings["plain_wait_s"] = round(time.perf_counter() - t0, 3)  # plain students still running after the trials
     result = export_run(run, knowledge, baselines)
     run.timings["export_s"] = round(time.perf_counter() - t0, 3)
     run.exported = time.strftime("%Y-%m-%dT%H:%M:%S")
+    trials = result.trials.to_dict("records")
+    run.peak_memory = {**(run.peak_memory or {}), "driver_rss_gb": peak_memory()["peak_rss_gb"],
+                       "trial_rss_gb": largest(trials, "peak_rss_gb"), "trial_gpu_gb": largest(trials, "peak_gpu_gb")}
     run.save()
     plan = run.resource_plan
     summary = [result.table, f"\nResources: {plan['per_trial']} per trial, {plan['trials_at_once']} at a time "
-                             f"({plan['reason']})"]
+                             f"({plan['reason']})", describe(run.peak_memory)]
     if run.status != FINISHED:
         summary.append(f"\nThe search stopped early ({run.trial_counts}); continue it with: "
                        f"python -m kdtune.search --resume {run.dir}")
@@ -118,7 +127,10 @@ def run_teacher(run: Run, split_ref, nodes: list[dict]) -> TeacherKnowledge:
         def train_as_task(_split: Split, settings: TeacherSettings) -> TeacherKnowledge:
             log.info("training the teacher (dim %d) as a Ray task on %d CPU(s), %d GPU", settings.dim, cpus, gpus)
             task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_teacher_task)
-            return ray.get(task.remote(split_ref, settings, cpus))
+            trained, peak = ray.get(task.remote(split_ref, settings, cpus))
+            run.peak_memory = {**(run.peak_memory or {}), "teacher_rss_gb": peak["peak_rss_gb"],
+                               "teacher_gpu_gb": peak.get("peak_gpu_gb")}
+            return trained
 
         knowledge = get_teacher(run.split, run.search.teacher(run.data), cache_dir=run.data.cache_dir,
                                 train=train_as_task)
@@ -126,11 +138,11 @@ def run_teacher(run: Run, split_ref, nodes: list[dict]) -> TeacherKnowledge:
     return knowledge
 
 
-def _teacher_task(split: Split, settings: TeacherSettings, threads: int) -> TeacherKnowledge:
+def _teacher_task(split: Split, settings: TeacherSettings, threads: int) -> tuple[TeacherKnowledge, dict]:
     # The teacher trains alone, before any trial: it may use every core it was given.
     torch.set_num_threads(threads)
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-    return train_teacher(split, settings, progress=False, device=device)
+    return train_teacher(split, settings, progress=False, device=device), peak_memory(device)
 
 
 def measure_latency(run: Run, plan: LatencyPlan, stage: str) -> None:

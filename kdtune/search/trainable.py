@@ -17,6 +17,7 @@ from kdtune.errors import TrialOutOfMemory
 from kdtune.losses import get_loss
 from kdtune.model.quantized import quantize
 from kdtune.model.store import TeacherKnowledge, save_model
+from kdtune.search.memory import peak_memory
 from kdtune.serving.arch import arch_of, precision_of
 from kdtune.train.evaluate import evaluate
 from kdtune.train.fit import distill
@@ -105,7 +106,7 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
     metrics = {**{name: value for name, value in best.items() if name != "n_users"}, "precision": precision,
                "epoch": result.epochs_run, "train_loss": result.history[-1]["loss"] if result.history else None,
                **fixed, "final": True, "params": student.n_params(), "bytes": student.n_bytes(),
-               **_fit_record(result), **_placement(device, gpu_ids)}
+               **_fit_record(result), **_placement(device, gpu_ids), **peak_memory(device)}
     with tempfile.TemporaryDirectory() as tmp:
         save_model(student, Path(tmp))
         (Path(tmp) / METRICS_FILE).write_text(json.dumps(metrics))
