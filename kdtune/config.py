@@ -124,7 +124,9 @@ class SearchSettings:
     sampler: str = setting("tpe", "Optuna sampler", choices=list(SAMPLERS))
     concurrency: int | None = setting(None, "trials at once (default: as many as the resources allow)")
     cpus_per_trial: float = setting(1.0, "CPUs reserved per trial (also its torch thread count)")
-    gpus_per_trial: float | None = setting(None, "GPU share per trial, e.g. 0.25 (default: 0, or 0.25 with a GPU)")
+    gpus_per_trial: float | None = setting(None, "GPU share per trial, e.g. 0.25 (default: 0 without a GPU; on a "
+                                           "GPU node as many trials as its CPUs allow share its GPUs, bounded by "
+                                           "their estimated GPU memory)")
     out: str | None = setting(None, "run directory (default: results/<timestamp>)")
     storage: str | None = setting(None, "Ray Tune storage: a path, or a URI of a filesystem pyarrow knows "
                                   "(default: <out>/ray)")

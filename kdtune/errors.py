@@ -7,7 +7,7 @@ catches ``ValueError`` around a bad value keeps working.
 
 from __future__ import annotations
 
-__all__ = ["KdtuneError", "DataError", "SpaceError", "UsageError"]
+__all__ = ["KdtuneError", "DataError", "SpaceError", "UsageError", "TrialOutOfMemory"]
 
 
 class KdtuneError(Exception):
@@ -25,3 +25,8 @@ class SpaceError(KdtuneError, ValueError):
 
 class UsageError(KdtuneError, ValueError):
     """A command-line value that makes no sense, or a run directory that cannot be used."""
+
+
+class TrialOutOfMemory(KdtuneError, MemoryError):
+    """A trial ran out of (GPU) memory: that trial ends as an error, in one line naming its size, and the
+    search goes on."""

@@ -16,3 +16,37 @@ def test_a_distilled_student_must_beat_the_plain_one_of_its_size_on_every_metric
     assert behind.tolist() == [False, True, True, True, False, False]
     # one metric only: the recall-only student is not behind on recall
     assert behind_plain(trials, plain, ["recall@20"]).tolist() == [False, False, True, True, False, False]
+
+
+def test_plain_students_trained_during_the_search_are_those_of_a_serial_run(ray_cluster, tmp_path):
+    """Started as Ray tasks beside the trials, collected after them: the same rows, weights and baselines
+    file as the same students trained one after another."""
+    import ray
+    import torch
+
+    from kdtune.config import DataSettings, SearchSettings, TeacherSettings
+    from kdtune.data import prepare
+    from kdtune.search.baselines import best_plain, run_baselines, serial_plain_rows, start_plain_students
+    from kdtune.search.run import BASELINES_FILE, Run
+    from kdtune.search.spacefile import load_space
+    from kdtune.train.teacher import train_teacher
+
+    data = DataSettings(data="synthetic:users=200,items=300", k=10, seed=3, cache_dir=str(tmp_path / "cache"))
+    _, split = prepare(data)
+    space = load_space("smoke")
+    pending = start_plain_students(ray.put(split), space, 10, 3, {"cpu": 1, "gpu": 0}, valid_users=0)
+    serial, weights = best_plain(serial_plain_rows(split, space, 10, 3, valid_users=0), 10)
+    knowledge = train_teacher(split, TeacherSettings(dim=8, epochs=2, k=10, seed=3), progress=False)
+    run = Run(dir=tmp_path, data=data, search=SearchSettings(valid_users=0), space=space, split=split)
+    baselines = run_baselines(run, knowledge, pending)
+
+    plain = baselines[baselines["kind"].eq("plain")].reset_index(drop=True)
+    assert len(plain) == len(space.dims()) and plain["trial_id"].tolist() == serial["trial_id"].tolist()
+    columns = ["dim", "lr", "recall@10", "ndcg@10", "test_recall@10", "test_ndcg@10", "best_epoch", "epochs_run"]
+    pd.testing.assert_frame_equal(plain[columns], serial[columns], check_dtype=False)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / BASELINES_FILE), baselines)
+    from kdtune.model.store import load_model
+
+    for trial_id, (_, state) in weights.items():
+        saved = load_model(tmp_path / "students" / trial_id).state_dict()
+        assert all(torch.equal(saved[name], value) for name, value in state.items()), trial_id

@@ -72,3 +72,43 @@ def test_a_stale_record_of_a_dead_cluster():
                          env={**os.environ, **env})
     assert own.returncode == 0 and time.perf_counter() - t0 < 60, own.stderr[-2000:]
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _node(cpu: float, gpu: float = 0, gpu_gb: float | None = None) -> dict:
+    node = {"node_id": f"n{cpu}-{gpu}", "address": "10.0.0.1", "CPU": cpu, "GPU": gpu, "memory_gb": 64.0}
+    return {**node, "gpu_memory_gb": gpu_gb} if gpu_gb else node
+
+
+@pytest.mark.parametrize("nodes, trial_gb, expect_gpu, expect_trials", [
+    ([_node(16, 1, 139)], 1.0, 0.0625, 16),          # a GPU node filled to its CPUs: 1/16 GPU each
+    ([_node(2)], 1.0, 0.0, 2),                       # no GPU: CPU trials, one a core
+    ([_node(16, 1, 8)], 1.5, 0.2, 5),                # GPU memory bounds it: 8 GB / 1.5 GB -> 5 trials
+    ([_node(12, 1, 139)], 1.0, 0.0833, 12),          # a share Ray accepts, rounded down so 12 fit
+    ([_node(16, 2, 80)], 1.0, 0.125, 16),            # two GPUs shared by 16 trials
+    ([_node(16, 1, 139), _node(4, 1, 139)], 1.0, 0.0625, 20),  # one share for all: the most CPUs per GPU
+    ([_node(1, 1)], None, 1.0, 1),                   # one CPU: one trial with the whole GPU
+])
+def test_resource_plan_for_node_shapes(nodes, trial_gb, expect_gpu, expect_trials):
+    from kdtune.config import SearchSettings
+    from kdtune.search.cluster import plan_resources
+
+    trial_bytes = int(trial_gb * 2**30) if trial_gb else None
+    plan = plan_resources(SearchSettings(), nodes, trial_bytes)
+    assert plan["per_trial"] == {"cpu": 1.0, "gpu": expect_gpu}
+    assert plan["trials_at_once"] == expect_trials, plan
+
+
+def test_gpus_per_trial_overrides_the_plan_and_is_checked():
+    from kdtune.config import SearchSettings
+    from kdtune.errors import UsageError
+    from kdtune.search.cluster import plan_resources, trial_gpu_bytes
+
+    plan = plan_resources(SearchSettings(gpus_per_trial=0.25), [_node(16, 1, 139)], 2**30)
+    assert plan["per_trial"]["gpu"] == 0.25 and plan["trials_at_once"] == 4 and plan["reason"] == "--gpus-per-trial"
+    assert plan_resources(SearchSettings(gpus_per_trial=0), [_node(16, 1, 139)])["trials_at_once"] == 16
+    with pytest.raises(UsageError, match="no node can hold"):
+        plan_resources(SearchSettings(gpus_per_trial=0.5), [_node(2)])
+    # the estimate grows with the data; at ML-20M's size 16 trials still fit in an H200's 139 GB
+    small = trial_gpu_bytes(5551, 16980, 164_000, 32, 64, 100)
+    large = trial_gpu_bytes(138_000, 27_000, 16_000_000, 32, 64, 100)
+    assert 2**29 < small < large < 139 * 2**30 / 16

@@ -23,7 +23,7 @@ def test_old_import_paths_are_the_same_classes() -> None:
     assert cli.UsageError is UsageError
     assert data.DataError is DataError
     assert space.SpaceError is SpaceError
-    assert errors.__all__ == ["KdtuneError", "DataError", "SpaceError", "UsageError"]
+    assert errors.__all__ == ["KdtuneError", "DataError", "SpaceError", "UsageError", "TrialOutOfMemory"]
 
 
 @pytest.mark.parametrize("cls", [KdtuneError, DataError, SpaceError, UsageError])

@@ -64,6 +64,13 @@ def test_search_exports_a_consistent_front(finished_run):
     payload = json.loads((out / "pareto.json").read_text())
     plain = pd.DataFrame([b for b in payload["baselines"] if b["kind"] == "plain"])
     assert sorted(plain["trial_id"]) == ["plain-dim4", "plain-dim8"]
+    # the plain students trained beside the trials: the export waited for them, it did not train them
+    assert run["timings"]["plain_wait_s"] >= 0
+    # what the run chose and what it needed are in its record
+    assert run["resource_plan"]["per_trial"] == run["resources_per_trial"] == {"cpu": 1.0, "gpu": 0.0}
+    peak = run["peak_memory"]
+    assert peak["driver_rss_gb"] > 0 and peak["trial_rss_gb"] > 0 and peak["plain_rss_gb"] > 0
+    assert peak["teacher_rss_gb"] > 0 or run["teacher"]["from_cache"]
     finished = trials[trials["outcome"] == "finished"]
     by_dim = plain.set_index("dim")
     ahead = [(r["recall@20"] > by_dim.loc[r["dim"], "recall@20"]) and (r["ndcg@20"] > by_dim.loc[r["dim"], "ndcg@20"])
@@ -357,5 +364,7 @@ def test_the_summary_is_the_last_output_of_a_search(ray_cluster, cache, tmp_path
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert lines[-1].startswith(f"Files in {tmp_path / 'run'}: "), lines[-5:]
     table = next(i for i, line in enumerate(lines) if line.startswith("Pareto front of "))
-    # after the front's title: its table, the note on small catalogues and the file list, nothing of Ray's
-    assert all(line.startswith(("|", "At ", "barely", "Files in")) for line in lines[table + 1:]), lines[table:]
+    # after the front's title: its table, the note on small catalogues, the resources and peak memory, the file
+    # list, nothing of Ray's
+    assert all(line.startswith(("|", "At ", "barely", "Resources: ", "Peak memory: ", "Files in"))
+               for line in lines[table + 1:]), lines[table:]

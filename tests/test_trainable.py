@@ -63,6 +63,7 @@ def test_a_trial_served_through_an_index_is_scored_through_it_and_keeps_it(tmp_p
     monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
     monkeypatch.setattr(tune, "report", report)
     monkeypatch.setattr(trainable, "distill", lambda *a, **k: (student, Result()))
+    monkeypatch.setattr(trainable.ray, "get_gpu_ids", lambda: [])  # outside a trial: no Ray to start
 
     class Knowledge:
         topn = None
@@ -83,3 +84,45 @@ def test_a_trial_served_through_an_index_is_scored_through_it_and_keeps_it(tmp_p
     save_served_index(served, tmp_path)
     again = served_student(student, "hnsw8_ef16", tmp_path)
     assert again.index.ntotal == 200 and torch.is_tensor(torch.zeros(1))
+
+
+def _trial_that_may_run_out_of_memory(config, knowledge, split, settings):
+    import torch
+
+    from kdtune.search import trainable as trial
+
+    if config.pop("oom"):
+        def out_of_memory(*args, **kwargs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 139 GiB "
+                                              "total capacity)\nmore detail the table does not need")
+
+        trial.distill = out_of_memory  # this trial's own worker process only (reuse_actors=False)
+    trial.train_student(config, knowledge, split, settings)
+
+
+def test_a_trial_out_of_gpu_memory_ends_as_a_one_line_error_and_the_search_goes_on(ray_cluster, tmp_path):
+    import sys
+
+    from ray import cloudpickle  # the pickler Ray ships trials with
+
+    from kdtune.config import DataSettings, TeacherSettings
+    from kdtune.data import prepare
+    from kdtune.report.export import trial_table
+    from kdtune.train.teacher import train_teacher
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the trial function travels by value
+    _, split = prepare(DataSettings(data="synthetic:users=150,items=200", cache_dir=str(tmp_path / "cache")))
+    knowledge = train_teacher(split, TeacherSettings(dim=8, epochs=1), progress=False)
+    fn = tune.with_parameters(_trial_that_may_run_out_of_memory, knowledge=knowledge, split=split,
+                              settings=TrialSettings(k=10, seed=0, cpus_per_trial=1, valid_users=0))
+    config = {"loss": "bpr", "dim": 4, "lr": 0.01, "epochs": 2, "oom": tune.grid_search([False, True, False])}
+    tune.Tuner(fn, param_space=config, tune_config=tune.TuneConfig(reuse_actors=False, max_concurrent_trials=2),
+               run_config=tune.RunConfig(name="oom", storage_path=str(tmp_path / "ray"), verbose=0,
+                                         failure_config=tune.FailureConfig(max_failures=0))).fit()
+    table, _ = trial_table(str(tmp_path / "ray" / "oom"))
+    failed = table[table["status"].eq("ERROR")]
+    assert len(table) == 3 and len(failed) == 1 and failed["oom"].tolist() == [True]
+    reason = failed["error"].iloc[0]
+    assert "\n" not in reason and reason.endswith("GPU out of memory (dim 4, loss bpr, batch 4096 on cpu): CUDA out of "
+                                                  "memory. Tried to allocate 2.00 GiB (GPU 0; 139 GiB total capacity)")
+    assert (table["outcome"].eq("finished")).sum() == 2

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     knowledge = run.own_teacher()
     if knowledge is None:
         raise UsageError(f"{run.dir} has no teacher recorded (the search never trained one)")
-    result = export_run(run, knowledge, run_baselines(run, knowledge, remote=False))
+    result = export_run(run, knowledge, run_baselines(run, knowledge))
     run.save()
     print(result.table)
     print(f"\nFiles in {run.dir}: {', '.join(sorted(p.name for p in result.files))}")

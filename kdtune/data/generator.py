@@ -79,11 +79,9 @@ def synthetic(
         logits = affinity * (uf[start:stop] @ itf.T) + log_pop
         # Gumbel top-k = sampling without replacement proportional to exp(logits).
         gumbel = logits + rng.gumbel(size=logits.shape)
-        for row, u in enumerate(range(start, stop)):
-            k = activity[u]
-            chosen = np.argpartition(-gumbel[row], k - 1)[:k]
-            users_out.append(np.full(k, u, dtype=np.int64))
-            items_out.append(chosen.astype(np.int64))
+        users, items = _top_k_rows(gumbel, activity[start:stop])
+        users_out.append(users + start)
+        items_out.append(items)
     users = np.concatenate(users_out)
     items = np.concatenate(items_out)
     # Drop items nobody picked so that every id is used.
@@ -93,6 +91,18 @@ def synthetic(
         name=f"synthetic-v{GENERATOR_VERSION}(users={n_users}, items={n_items}, seed={seed})",
         origin=f"synthetic-v{GENERATOR_VERSION}",
     )
+
+
+def _top_k_rows(scores: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, column)`` of each row's ``k[row]`` largest scores, for every row of the block at once: one
+    partition at the block's largest k, one sort of that slice, then a mask of each row's own length."""
+    kmax, n = int(k.max()), scores.shape[1]
+    top = np.argpartition(scores, n - kmax, axis=1)[:, n - kmax:]  # no negated copy of the block
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    keep = np.arange(kmax) < k[:, None]
+    rows = np.broadcast_to(np.arange(len(k))[:, None], top.shape)
+    return rows[keep].astype(np.int64), top[keep].astype(np.int64)
 
 
 # the options are `synthetic`'s parameters (plus two short names), typed as it declares them

@@ -2,12 +2,19 @@
 
 Plain students are candidates of the front like the distilled ones: a distilled student that a plain student
 of its size beats must never be recommended (:func:`kdtune.report.front.behind_plain`). Each plain student
-gets the best of three
-learning rates across the space's range (chosen on validation), so distillation is compared with a student
-that had a fair chance too. Their weights are kept, so a plain student on the front ships like any other.
+gets the best of three learning rates across the space's range (chosen on validation), so distillation is
+compared with a student that had a fair chance too. Their weights are kept, so a plain student on the front
+ships like any other.
+
+A search starts them as Ray tasks beside its trials (:func:`start_plain_students`, before the Tuner runs),
+so they use cores the trials leave free and the export only collects, re-scores and writes
+(:func:`run_baselines`). A re-export trains them here, one after another, with the same rows for the same
+seed (each task seeds its own generators).
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import pandas as pd
@@ -17,10 +24,13 @@ from kdtune.data.interactions import Split
 from kdtune.model.mf import MF
 from kdtune.model.store import TeacherKnowledge, save_model
 from kdtune.report.front import PLAIN, TEACHER
+from kdtune.search.memory import largest, peak_memory
 from kdtune.search.run import BASELINES_FILE, Run
 from kdtune.search.space import SearchSpace
 from kdtune.train.evaluate import test_scores
 from kdtune.train.fit import distill
+
+log = logging.getLogger("kdtune")
 
 
 def plain_id(dim: int) -> str:
@@ -42,27 +52,63 @@ def _plain_task(split: Split, dim: int, lr: float, train_kwargs: dict, k: int, s
             f"ndcg@{k}": fit.best_metrics[f"ndcg@{k}"], **test_scores(model, split, k),
             "params": model.n_params(), "bytes": model.n_bytes(), "best_epoch": fit.best_epoch,
             "epochs_run": fit.epochs_run, "state": {name: t.clone() for name, t in model.state_dict().items()},
-            "arch": model.arch()}
+            "arch": model.arch(), **peak_memory(device)}
 
 
-def plain_students(split: Split, space: SearchSpace, k: int, seed: int, remote: bool, resources: dict,
-                   valid_users: int = DEFAULTS.valid_users) -> tuple[pd.DataFrame, dict[str, tuple[dict, dict]]]:
-    """The best plain student of each dim (rows) and their weights ``{trial_id: (arch, state)}``."""
+def plain_jobs(space: SearchSpace) -> tuple[list[tuple[int, float]], dict]:
+    """Every ``(dim, lr)`` a run trains a plain student for, and the trainer settings they share."""
     lo, hi = space.lr_range()
     lrs = sorted({float(x) for x in np.geomspace(lo, hi, 3)})
     train_kwargs = {key: space.fixed.get(key, default) for key, default in TRAIN_DEFAULTS.items()}
-    jobs = [(dim, lr) for dim in space.dims() for lr in lrs]
-    threads = max(1, int(resources.get("cpu", 1)))
-    if remote:
+    return [(dim, lr) for dim in space.dims() for lr in lrs], train_kwargs
+
+
+class PendingPlain:
+    """Plain students training as Ray tasks (started by :func:`start_plain_students`); :meth:`rows` waits."""
+
+    def __init__(self, jobs: list[tuple[int, float]], refs: list):
+        self.jobs, self.refs = jobs, refs
+
+    def rows(self) -> list[dict]:
+        """Each finished task's row; a task that failed (out of memory, a lost node) is left out with a
+        one-line warning, as an errored trial is: the front is then taken without that student."""
         import ray
 
-        task = ray.remote(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))(_plain_task)
-        split_ref = ray.put(split)
-        rows = ray.get([task.remote(split_ref, d, lr, train_kwargs, k, seed, threads, valid_users)
-                        for d, lr in jobs])
-    else:
-        rows = [_plain_task(split, d, lr, train_kwargs, k, seed, threads, valid_users) for d, lr in jobs]
-    df = pd.DataFrame(rows)
+        rows = []
+        for (dim, lr), ref in zip(self.jobs, self.refs, strict=True):
+            try:
+                rows.append(ray.get(ref))
+            except (ray.exceptions.RayError, MemoryError) as exc:
+                reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+                log.warning("plain student dim=%d lr=%g failed: %s", dim, lr, reason)
+        return rows
+
+
+def start_plain_students(split_ref, space: SearchSpace, k: int, seed: int, resources: dict,
+                         valid_users: int = DEFAULTS.valid_users) -> PendingPlain:
+    """Start every plain student as a Ray task of one trial's size (``resources``), to run beside the trials."""
+    import ray
+
+    jobs, train_kwargs = plain_jobs(space)
+    threads = max(1, int(resources.get("cpu", 1)))
+    task = ray.remote(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))(_plain_task)
+    refs = [task.remote(split_ref, dim, lr, train_kwargs, k, seed, threads, valid_users) for dim, lr in jobs]
+    return PendingPlain(jobs, refs)
+
+
+def serial_plain_rows(split: Split, space: SearchSpace, k: int, seed: int, threads: int = 1,
+                      valid_users: int = DEFAULTS.valid_users) -> list[dict]:
+    """The same rows as :func:`start_plain_students`, trained here one after another."""
+    jobs, train_kwargs = plain_jobs(space)
+    return [_plain_task(split, dim, lr, train_kwargs, k, seed, threads, valid_users) for dim, lr in jobs]
+
+
+def best_plain(rows: list[dict], k: int) -> tuple[pd.DataFrame, dict[str, tuple[dict, dict]]]:
+    """The best plain student of each dim by validation NDCG@k (rows) and their weights
+    ``{trial_id: (arch, state)}``."""
+    if not rows:
+        return pd.DataFrame(columns=["trial_id", "kind", "model", "loss", "precision", "dim"]), {}
+    df = pd.DataFrame(rows).drop(columns=["peak_rss_gb", "peak_gpu_gb"], errors="ignore")
     best = df.loc[df.groupby("dim")[f"ndcg@{k}"].idxmax()].sort_values("dim").reset_index(drop=True)
     weights = {plain_id(r["dim"]): (r["arch"], r["state"]) for _, r in best.iterrows()}
     best = best.drop(columns=["state", "arch"])
@@ -83,16 +129,26 @@ def teacher_row(knowledge: TeacherKnowledge, split: Split, k: int) -> dict:
             "params": teacher.n_params(), "bytes": teacher.n_bytes()}
 
 
-def run_baselines(run: Run, knowledge: TeacherKnowledge, remote: bool) -> pd.DataFrame:
-    """The teacher and the plain students (test scores, weights in ``students/``), computed once per run."""
+def baselines_done(run: Run) -> bool:
+    """Whether the run has its baselines already (a resumed or re-exported run): nothing to train."""
     students = run.dir / "students"
-    path = run.dir / BASELINES_FILE
-    if path.exists() and all((students / plain_id(d)).is_dir() for d in run.space.dims()):
-        return pd.read_csv(path)
-    plain, weights = plain_students(run.split, run.space, run.data.k, run.data.seed, remote,
-                                    run.resources_per_trial or {"cpu": 1}, run.search.valid_users)
+    return (run.dir / BASELINES_FILE).exists() and all((students / plain_id(d)).is_dir() for d in run.space.dims())
+
+
+def run_baselines(run: Run, knowledge: TeacherKnowledge, pending: PendingPlain | None = None) -> pd.DataFrame:
+    """The teacher and the plain students (test scores, weights in ``students/``), computed once per run:
+    collected from ``pending`` (started during the search), else trained here."""
+    if baselines_done(run):
+        return pd.read_csv(run.dir / BASELINES_FILE)
+    if pending is not None:
+        rows = pending.rows()
+    else:
+        rows = serial_plain_rows(run.split, run.space, run.data.k, run.data.seed,
+                                 int((run.resources_per_trial or {}).get("cpu", 1)), run.search.valid_users)
+    run.peak_memory = {**(run.peak_memory or {}), "plain_rss_gb": largest(rows, "peak_rss_gb")}
+    plain, weights = best_plain(rows, run.data.k)
     for trial_id, (arch, state) in weights.items():
-        save_model(MF.from_state(arch, state), students / trial_id)
+        save_model(MF.from_state(arch, state), run.dir / "students" / trial_id)
     baselines = pd.concat([pd.DataFrame([teacher_row(knowledge, run.split, run.data.k)]), plain], ignore_index=True)
-    baselines.to_csv(path, index=False)
+    baselines.to_csv(run.dir / BASELINES_FILE, index=False)
     return baselines

@@ -16,8 +16,9 @@ from kdtune.config import DEFAULTS, SearchSettings, TeacherSettings, TrialSettin
 from kdtune.data.interactions import Split
 from kdtune.model.store import TeacherKnowledge
 from kdtune.report.export import export_run
-from kdtune.search.baselines import run_baselines
-from kdtune.search.cluster import default_concurrency, node_sizes, resources_per_trial
+from kdtune.search.baselines import baselines_done, run_baselines, start_plain_students
+from kdtune.search.cluster import gpu_memory, node_sizes, plan_resources, trial_gpu_bytes
+from kdtune.search.memory import describe, largest, peak_memory
 from kdtune.search.run import EXPERIMENT, FINISHED, SCHEDULER_STATE, Run
 from kdtune.search.samplers import make_sampler
 from kdtune.search.scheduler import ParetoASHA
@@ -37,8 +38,7 @@ def run_search(run: Run, resumed: bool) -> str:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     nodes = node_sizes()  # the cluster as this run sees it, asked once
-    res = resources_per_trial(run.search, nodes)
-    run.resources_per_trial, run.nodes = res, nodes
+    res = plan_run_resources(run, nodes)
 
     t0 = time.perf_counter()
     split_ref = ray.put(run.split)
@@ -61,28 +61,57 @@ def run_search(run: Run, resumed: bool) -> str:
         tune.with_parameters(train_student, knowledge=knowledge, split=split_ref, settings=trial_settings), res)
     run.experiment()
     run.save()
+    # The plain students train as tasks beside the trials (on the cores the trials leave free), not after them.
+    pending = None if baselines_done(run) else start_plain_students(
+        split_ref, run.space, k, run.data.seed, res, run.search.valid_users)
 
     t0 = time.perf_counter()
     tuner = restored_tuner(run, trainable) if resumed else None
-    (tuner or new_tuner(run, trainable, res, nodes)).fit()
+    (tuner or new_tuner(run, trainable, res)).fit()
     run.timings["trials_s"] = round(run.timings.get("trials_s", 0) + time.perf_counter() - t0, 3)
     if (run.dir / SCHEDULER_STATE).exists():
         run.scheduler = {"name": run.search.scheduler, "state_file": SCHEDULER_STATE}
-    # The same architectures timed the same way again, now that no trial runs: the front uses these.
+    t0 = time.perf_counter()
+    baselines = run_baselines(run, knowledge, pending)  # plain students still running wait here, before latency
+    run.timings["plain_wait_s"] = round(time.perf_counter() - t0, 3)
+    # The same architectures timed the same way again, now that nothing runs: the front uses these.
     measure_latency(run, plan, "after")
     run.save()
+    return export(run, knowledge, baselines)
 
+
+def export(run: Run, knowledge: TeacherKnowledge, baselines) -> str:
+    """Export the run, record its timing and peak memory; returns the summary."""
     t0 = time.perf_counter()
-    result = export_run(run, knowledge, run_baselines(run, knowledge, remote=True))
+    result = export_run(run, knowledge, baselines)
     run.timings["export_s"] = round(time.perf_counter() - t0, 3)
     run.exported = time.strftime("%Y-%m-%dT%H:%M:%S")
+    trials = result.trials.to_dict("records")
+    run.peak_memory = {**(run.peak_memory or {}), "driver_rss_gb": peak_memory()["peak_rss_gb"],
+                       "trial_rss_gb": largest(trials, "peak_rss_gb"), "trial_gpu_gb": largest(trials, "peak_gpu_gb")}
     run.save()
-    summary = [result.table]
+    plan = run.resource_plan
+    summary = [result.table, f"\nResources: {plan['per_trial']} per trial, {plan['trials_at_once']} at a time "
+                             f"({plan['reason']})", describe(run.peak_memory)]
     if run.status != FINISHED:
         summary.append(f"\nThe search stopped early ({run.trial_counts}); continue it with: "
                        f"python -m kdtune.search --resume {run.dir}")
     summary.append(f"\nFiles in {run.dir}: {', '.join(sorted(p.name for p in result.files))}")
     return "\n".join(summary)
+
+
+def plan_run_resources(run: Run, nodes: list[dict]) -> dict:
+    """Each trial's resources (:func:`~kdtune.search.cluster.plan_resources`: a GPU node filled to its CPUs,
+    bounded by the trials' GPU memory), recorded in the run with the nodes it was planned for."""
+    trial_bytes = None
+    if run.search.gpus_per_trial is None and any(n["GPU"] >= 1 for n in nodes):
+        nodes = gpu_memory(nodes)
+        train = run.split.train
+        trial_bytes = trial_gpu_bytes(train.n_users, train.n_items, train.nnz, max(run.space.dims()),
+                                      run.search.teacher_dim, run.search.teacher_topn)
+    run.resource_plan = plan_resources(run.search, nodes, trial_bytes)
+    run.resources_per_trial, run.nodes = run.resource_plan["per_trial"], nodes
+    return run.resources_per_trial
 
 
 def run_teacher(run: Run, split_ref, nodes: list[dict]) -> TeacherKnowledge:
@@ -98,7 +127,10 @@ def run_teacher(run: Run, split_ref, nodes: list[dict]) -> TeacherKnowledge:
         def train_as_task(_split: Split, settings: TeacherSettings) -> TeacherKnowledge:
             log.info("training the teacher (dim %d) as a Ray task on %d CPU(s), %d GPU", settings.dim, cpus, gpus)
             task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_teacher_task)
-            return ray.get(task.remote(split_ref, settings, cpus))
+            trained, peak = ray.get(task.remote(split_ref, settings, cpus))
+            run.peak_memory = {**(run.peak_memory or {}), "teacher_rss_gb": peak["peak_rss_gb"],
+                               "teacher_gpu_gb": peak.get("peak_gpu_gb")}
+            return trained
 
         knowledge = get_teacher(run.split, run.search.teacher(run.data), cache_dir=run.data.cache_dir,
                                 train=train_as_task)
@@ -106,11 +138,11 @@ def run_teacher(run: Run, split_ref, nodes: list[dict]) -> TeacherKnowledge:
     return knowledge
 
 
-def _teacher_task(split: Split, settings: TeacherSettings, threads: int) -> TeacherKnowledge:
+def _teacher_task(split: Split, settings: TeacherSettings, threads: int) -> tuple[TeacherKnowledge, dict]:
     # The teacher trains alone, before any trial: it may use every core it was given.
     torch.set_num_threads(threads)
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-    return train_teacher(split, settings, progress=False, device=device)
+    return train_teacher(split, settings, progress=False, device=device), peak_memory(device)
 
 
 def measure_latency(run: Run, plan: LatencyPlan, stage: str) -> None:
@@ -136,10 +168,10 @@ def make_scheduler(search: SearchSettings, space: SearchSpace, run: Run, k: int)
     )
 
 
-def new_tuner(run: Run, trainable, res: dict, nodes: list[dict]) -> tune.Tuner:
+def new_tuner(run: Run, trainable, res: dict) -> tune.Tuner:
     """A Tuner for a new search: Optuna proposes, the scheduler stops, the snapshot keeps Tune's state."""
     search, k = run.search, run.data.k
-    concurrency = search.concurrency or default_concurrency(res, nodes)
+    concurrency = search.concurrency or run.resource_plan["trials_at_once"]
     searcher = OptunaSearch(space=run.space.define_by_run, metric=[f"recall@{k}", "latency_ms"], mode=["max", "min"],
                             sampler=make_sampler(search.sampler, run.data.seed, search.trials))
     print(f"Searching {search.trials} trials, {concurrency} at a time, {res} each, scheduler {search.scheduler}",

@@ -58,6 +58,8 @@ class Run:
     timings: dict = field(default_factory=dict)
     resources_per_trial: dict | None = None
     nodes: list | None = None
+    resource_plan: dict | None = None
+    peak_memory: dict | None = None
     teacher: dict | None = None
     latency: dict | None = None
     experiment_path: str | None = None

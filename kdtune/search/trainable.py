@@ -13,9 +13,11 @@ from ray import tune
 
 from kdtune.config import MODEL_KEYS, TRAIN_DEFAULTS, TrialSettings
 from kdtune.data.interactions import Split
+from kdtune.errors import TrialOutOfMemory
 from kdtune.losses import get_loss
 from kdtune.model.quantized import quantize
 from kdtune.model.store import TeacherKnowledge, save_model
+from kdtune.search.memory import peak_memory
 from kdtune.serving.arch import arch_of, index_of, precision_of
 from kdtune.serving.served import ServedStudent, save_served_index
 from kdtune.train.evaluate import evaluate
@@ -86,11 +88,19 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
         tune.report({**metrics, **fixed, "final": False})
 
     precision = precision_of(config)
-    student, result = distill(
-        knowledge.model(), knowledge.topn, split.train, split.valid, dim, loss, seed=settings.seed,
-        k=settings.k, device=device, valid_users=settings.valid_users, on_epoch=report_epoch,
-        rescore_best=precision == "fp32", **fit_kwargs,  # a quantised student is scored below instead
-    )
+    try:
+        student, result = distill(
+            knowledge.model(), knowledge.topn, split.train, split.valid, dim, loss, seed=settings.seed,
+            k=settings.k, device=device, valid_users=settings.valid_users, on_epoch=report_epoch,
+            rescore_best=precision == "fp32", **fit_kwargs,  # a quantised student is scored below instead
+        )
+    except torch.cuda.OutOfMemoryError as exc:
+        # The trial's own memory goes back to the GPU its neighbours share; the trial ends as an error.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "out of memory"
+        raise TrialOutOfMemory(f"GPU out of memory (dim {dim}, loss {loss}, batch {fit_kwargs['batch_size']} "
+                               f"on {device}): {first}") from None
     best, served = result.best_metrics, None
     if index_of(config) is not None:
         # Served through an index: what a user sees is what the index returns, seen items dropped.
@@ -101,9 +111,10 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
         student = quantize(student.cpu(), precision)
         best = evaluate(student, split.train, split.valid, ks=(settings.k,))
     metrics = {**{name: value for name, value in best.items() if name != "n_users"}, "precision": precision,
-               "index": index_of(config), "epoch": result.epochs_run, "train_loss": result.history[-1]["loss"] if result.history else None,
-               **fixed, "final": True, "params": student.n_params(), "bytes": student.n_bytes() if served is None else served.n_bytes(),
-               **_fit_record(result), **_placement(device, gpu_ids)}
+               "index": index_of(config), "epoch": result.epochs_run,
+               "train_loss": result.history[-1]["loss"] if result.history else None, **fixed, "final": True,
+               "params": student.n_params(), "bytes": student.n_bytes() if served is None else served.n_bytes(),
+               **_fit_record(result), **_placement(device, gpu_ids), **peak_memory(device)}
     with tempfile.TemporaryDirectory() as tmp:
         save_model(student, Path(tmp))
         if served is not None:

@@ -29,7 +29,7 @@ def evaluate(
     seen: Interactions | Sequence[Interactions],
     test: Interactions,
     ks: Sequence[int] = (20,),
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
     users: torch.Tensor | None = None,
 ) -> dict[str, float]:
@@ -43,7 +43,8 @@ def evaluate(
             validating, ``[train, valid]`` when testing.
         test: the held-out items; users without any test item are skipped.
         ks: cut-offs; one ``topk`` at ``max(ks)`` serves them all.
-        batch_size: users scored at once (memory is ``~batch_size * n_items * 5`` bytes).
+        batch_size: users scored at once (memory is ``~batch_size * n_items * 5`` bytes); default: as many
+            as the device's budget holds (:func:`chunk_users`).
         device: where scores are computed; defaults to the model's device (the model is not moved).
         users: evaluate only these users (those of them with test items); default all users. A fixed
             sample makes a cheap, comparable signal (early stopping, a scheduler's rungs); the published
@@ -68,9 +69,10 @@ def evaluate(
     never count as hits, even for a test item that is also in ``seen``.
     """
     seen_splits = [seen] if isinstance(seen, Interactions) else list(seen)
-    ks = _checked_ks(ks, seen_splits, test, batch_size)
     n_items = test.n_items
     dev = torch.device(device) if device is not None else _device_of(model)
+    batch_size = chunk_users(n_items, dev) if batch_size is None else batch_size
+    ks = _checked_ks(ks, seen_splits, test, batch_size)
     users_all = _users_to_score(test, users, dev)
     n_eval = int(users_all.numel())
     if n_eval == 0:
@@ -107,6 +109,16 @@ def evaluate(
 
 
 METRICS = ("recall", "ndcg", "hr", "mrr")
+CHUNK_BYTES = {"cpu": 256 * 2**20, "cuda": 1024 * 2**20}
+"""Memory of one chunk of scored users (scores, mask, membership); a GPU is shared by many trials."""
+MAX_CHUNK_USERS = {"cpu": 1024, "cuda": 8192}
+
+
+def chunk_users(n_items: int, device: torch.device | str = "cpu", bytes_per_cell: int = 5) -> int:
+    """Users scored at once over ``n_items`` on ``device``: as many as :data:`CHUNK_BYTES` holds (a catalogue
+    of millions of items still scores a few users at a time), at most :data:`MAX_CHUNK_USERS`."""
+    kind = "cuda" if torch.device(device).type == "cuda" else "cpu"
+    return max(1, min(MAX_CHUNK_USERS[kind], CHUNK_BYTES[kind] // max(1, n_items * bytes_per_cell)))
 
 
 def _checked_ks(ks: Sequence[int], seen: list[Interactions], test: Interactions, batch_size: int) -> list[int]:

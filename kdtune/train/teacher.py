@@ -17,6 +17,7 @@ from kdtune.config import TeacherSettings
 from kdtune.data.interactions import Interactions, Split
 from kdtune.model.mf import MF
 from kdtune.model.store import TeacherKnowledge, load_cached, save_teacher, teacher_cache_file
+from kdtune.train.evaluate import chunk_users
 from kdtune.train.fit import fit
 
 log = logging.getLogger(__name__)
@@ -25,19 +26,22 @@ CACHE_FORMAT = 1
 
 
 @torch.no_grad()  # not inference_mode: the result is used by autograd-tracked code later
-def compute_topn(model: MF, seen: Interactions, n: int, batch_size: int = 1024) -> torch.Tensor:
-    """Each user's top-``n`` items by ``model``, best first, with ``seen`` items masked: int64 [users, n]."""
+def compute_topn(model: MF, seen: Interactions, n: int, batch_size: int | None = None) -> torch.Tensor:
+    """Each user's top-``n`` items by ``model``, best first, with ``seen`` items masked: int64 [users, n] on
+    the CPU. Computed on the model's device, ``batch_size`` users at a time (default: a chunk of the
+    device's budget, :func:`~kdtune.train.evaluate.chunk_users`), so memory stays bounded at any size."""
     n = min(n, model.n_items)
+    dev = model.item_emb.weight.device
+    batch_size = batch_size or chunk_users(model.n_items, dev, bytes_per_cell=4)
     out = torch.empty(model.n_users, n, dtype=torch.int64)
-    counts = seen.user_counts()
+    counts, indptr, indices = seen.user_counts(), seen.indptr, seen.indices.to(dev)
     for start in range(0, model.n_users, batch_size):
-        users = torch.arange(start, min(start + batch_size, model.n_users))
-        scores = model.full_scores(users)
+        stop = min(start + batch_size, model.n_users)
+        scores = model.full_scores(torch.arange(start, stop, device=dev))
         # Mask this batch's training items in one scatter over its CSR slice.
-        lo, hi = int(seen.indptr[start]), int(seen.indptr[users[-1] + 1])
-        rows = torch.repeat_interleave(torch.arange(len(users)), counts[users])
-        scores[rows, seen.indices[lo:hi]] = -torch.inf
-        out[start : start + len(users)] = torch.topk(scores, n, dim=1).indices
+        rows = torch.repeat_interleave(torch.arange(stop - start), counts[start:stop]).to(dev)
+        scores[rows, indices[int(indptr[start]) : int(indptr[stop])]] = -torch.inf
+        out[start:stop] = torch.topk(scores, n, dim=1).indices.cpu()
     return out
 
 
@@ -57,8 +61,8 @@ def train_teacher(
     model = MF(split.train.n_users, split.train.n_items, settings.dim, seed=settings.seed)
     result = fit(model, split.train, split.valid, settings.train(), loss="bpr", k=settings.k, seed=settings.seed,
                  progress=progress, desc=f"teacher dim={settings.dim}", device=device)
+    topn = compute_topn(model, split.train, settings.topn)  # on the device it trained on
     model.cpu()
-    topn = compute_topn(model, split.train, settings.topn)
     log.info("teacher: best epoch %d, valid %s=%.4f", result.best_epoch, result.metric, result.best_score)
     return TeacherKnowledge(
         arch=model.arch(),
