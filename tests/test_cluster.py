@@ -55,6 +55,7 @@ def test_search_on_a_cluster_of_one_cpu_nodes(tmp_path):
     assert len(pd.read_csv(out / "pareto.csv")) >= 1
 
 
+@pytest.mark.no_live_ray
 def test_a_stale_record_of_a_dead_cluster():
     # Ray records the last cluster it started under <TMPDIR>/ray; this one is long dead. (A short
     # TMPDIR: Ray's socket paths below it must stay under the 107 bytes of a Unix socket name.)

@@ -683,15 +683,18 @@ def test_sparse_expert_mixture_matches_the_dense_one(tau, monkeypatch):
     for a, b in zip(sparse_grads, dense_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
     w = gumbel_mixture(ex.selector(t), tau, torch.Generator().manual_seed(3))
-    if tau <= 1e-3:  # nearly one-hot: the default share takes the sparse path
-        assert int((w > 0).sum()) <= experts.SPARSE_SHARE * w.numel()
+    if tau <= 1e-3:  # nearly one-hot: a share of 0.3 takes the sparse path
+        assert int((w > 0).sum()) <= 0.3 * w.numel()
 
 
-def test_default_sparse_share_takes_the_sparse_path_only_when_few_pairs_matter(monkeypatch):
+def test_the_sparse_path_is_off_by_default_and_taken_only_when_few_pairs_matter(monkeypatch):
     ex = _ExpertSet(3, 4, n_experts=10)
     calls = []
     monkeypatch.setattr(ex, "sparse_mixture", lambda *a: calls.append(1) or torch.zeros(a[0].shape[0], 4))
     s = torch.randn(20, 3)
+    ex.mixture(s, torch.eye(10).repeat(2, 1), tau=1e-3)  # one-hot, but the default keeps the dense path
+    assert experts.SPARSE_SHARE == 0 and calls == []
+    monkeypatch.setattr(experts, "SPARSE_SHARE", 0.3)
     ex.mixture(s, torch.full((20, 10), 0.1), tau=1.0)  # every pair matters: dense
     ex.mixture(s, torch.eye(10).repeat(2, 1), tau=None)  # no temperature given: dense
     assert calls == []

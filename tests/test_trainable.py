@@ -64,6 +64,7 @@ def test_a_trial_served_through_an_index_is_scored_through_it_and_keeps_it(tmp_p
     monkeypatch.setattr(tune, "report", report)
     monkeypatch.setattr(trainable, "distill", lambda *a, **k: (student, Result()))
     monkeypatch.setattr(trainable.ray, "get_gpu_ids", lambda: [])  # outside a trial: no Ray to start
+    monkeypatch.setattr(trainable.torch, "set_num_threads", lambda n: None)  # keep this process's threads
 
     class Knowledge:
         topn = None

@@ -31,9 +31,11 @@ def de_tau(epoch: int, epochs: int, start: float, end: float) -> float:
     return max(start * (end / start) ** (e / max(int(epochs), 1)), end)
 
 
-# The mixture skips (row, expert) pairs of weight exactly 0 (see _ExpertSet.mixture) when at most SPARSE_SHARE of
-# the pairs remain (below that, one small pass per expert beats the two dense GEMMs).
-SPARSE_SHARE = 0.3
+# The mixture may skip (row, expert) pairs of weight exactly 0 (see _ExpertSet.mixture) when at most SPARSE_SHARE of
+# the pairs remain (0.3: below that, one small pass per expert beats the two dense GEMMs). Off (0) by default: a
+# 3-seed A/B on CiteULike-a (bench/experts.py, BENCHMARKS.md) ran DE-RRD 1.85x faster but ended 0.006 lower in
+# test NDCG@20, through earlier early stops, though both paths compute the same values and gradients.
+SPARSE_SHARE = 0.0
 
 
 class _ExpertSet(nn.Module):
@@ -83,8 +85,9 @@ class _ExpertSet(nn.Module):
         the output and passes no gradient (the softmax's backward multiplies by ``w``), so both paths compute
         the same values and gradients up to the order of float sums (tests/test_losses.py). Dropping merely
         small weights is not the same: near one-hot, the selector's whole gradient comes from them, and AdamW
-        rescales it (a 3-seed A/B in BENCHMARKS.md lost test NDCG that way)."""
-        if tau is not None and not w.is_cuda:  # on a GPU the dense GEMMs are cheap and need no host sync
+        rescales it (a 3-seed A/B in BENCHMARKS.md lost test NDCG that way). The sparse path is off unless
+        ``SPARSE_SHARE`` is set above 0 (see its note)."""
+        if SPARSE_SHARE > 0 and tau is not None and not w.is_cuda:  # a GPU: dense GEMMs, no host sync
             keep = w > 0
             if int(keep.sum()) <= SPARSE_SHARE * keep.numel():
                 return self.sparse_mixture(s, w, keep)
