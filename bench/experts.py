@@ -4,9 +4,10 @@
 
 DE, DE-RRD and HTD mix E experts per row by an annealed Gumbel-softmax. The dense path runs every expert
 for every row (two GEMMs); once the temperature is low the weights are nearly one-hot and the sparse path
-(:meth:`kdtune.losses.experts._ExpertSet.mixture`) runs each expert only on the rows whose weight is not 0. For each method and seed this trains the student twice, dense only
-(``SPARSE_SHARE = 0``, the default) and with the sparse path on (0.3), and prints test NDCG@K / Recall@K of both, their
-difference and the training time ratio (dense / sparse, a ratio of neighbours in one process).
+(:meth:`kdtune.losses.experts._ExpertSet.mixture`) runs each expert only on the rows whose weight is not
+0. For each method and seed this trains the student twice, dense only (``SPARSE_SHARE = 0``, the default)
+and with the sparse path on (0.3), and prints test NDCG@K / Recall@K of both, their difference and the
+training time ratio (dense / sparse, a ratio of neighbours in one process).
 Default settings: the best ``de_rrd`` and ``htd`` trials of ``results/citeulike-a-50``.
 """
 

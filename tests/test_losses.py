@@ -19,6 +19,7 @@ from kdtune.losses import (
     cd_term,
     de_tau,
     de_term,
+    experts,
     get_loss,
     gumbel_mixture,
     mse_diff_term,
@@ -31,7 +32,6 @@ from kdtune.losses import (
     soft_bce_term,
     sorted_topn_of,
 )
-from kdtune.losses import experts
 from kdtune.losses.experts import _ExpertSet
 from kdtune.model.mf import MF
 from kdtune.train.fit import make_step
