@@ -222,6 +222,11 @@ def record_outcome(run: Run, choice: FrontChoice, front: pd.DataFrame, finished:
     run.behind_plain = sorted(finished.loc[choice.behind, "trial_id"].astype(str))
 
 
+def _shown(front: pd.DataFrame, columns: list[str]) -> list[str]:
+    """The columns of ``columns`` that ``front`` has and fills (no empty ``index`` for a run without one)."""
+    return [c for c in columns if c in front and front[c].notna().any()]
+
+
 def summary(run: Run, choice: FrontChoice, front: pd.DataFrame, finished: pd.DataFrame) -> str:
     """The front as a person reads it at the end of a search."""
     k, catalog = run.data.k, run.catalog_size
@@ -229,7 +234,7 @@ def summary(run: Run, choice: FrontChoice, front: pd.DataFrame, finished: pd.Dat
     table = (f"\nPareto front of {len(finished)} finished trials and {n_plain} plain students "
              f"({int(choice.behind.sum())} trials left out: behind the plain student of their size on validation "
              f"recall@{k} or ndcg@{k}); test split; latency at {catalog:,} items:\n\n"
-             + front[[c for c in _at_k(SUMMARY_COLUMNS, k) if c in front]].to_markdown(index=False, floatfmt=".4g"))
+             + front[_shown(front, _at_k(SUMMARY_COLUMNS, k))].to_markdown(index=False, floatfmt=".4g"))
     warnings = (run.latency or {}).get("after", {}).get("contradictions", [])
     if warnings:
         table += "\n\nLatency warnings:\n" + "\n".join(f"- {w}" for w in warnings)
