@@ -175,3 +175,45 @@ def test_row_dot_gradients_match_finite_differences(n_items):
     q = torch.randn(3, n_items, 4, dtype=torch.float64, generator=gen, requires_grad=True)
     assert torch.allclose(_RowDot.apply(p, q), (p.unsqueeze(1) * q).sum(-1))
     assert torch.autograd.gradcheck(_RowDot.apply, (p, q))
+
+
+class _Batches:
+    """A sampler of three fixed batches of 2, 3 and 1 triplets."""
+
+    def epoch(self):
+        for size in (2, 3, 1):
+            zeros = torch.zeros(size, dtype=torch.long)
+            yield zeros, zeros, torch.ones(size, dtype=torch.long)
+
+
+def test_train_epoch_sums_batch_losses_weighted_by_their_triplets():
+    from kdtune.train.fit import train_epoch
+
+    losses = iter([0.5, 2.0, 4.0])
+    total, n = train_epoch(MF(1, 2, 2, seed=0), _Batches(), lambda u, p, q: torch.tensor(next(losses)))
+    assert n == 6 and total == pytest.approx(0.5 * 2 + 2.0 * 3 + 4.0 * 1)
+    calls = []
+
+    def diverging(u, p, q):
+        calls.append(1)
+        return torch.tensor(float("nan") if len(calls) == 2 else 1.0)
+
+    with pytest.raises(DivergedError):  # on the CPU: at the first non-finite batch
+        train_epoch(MF(1, 2, 2, seed=0), _Batches(), diverging)
+    assert len(calls) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_train_epoch_on_a_gpu_reads_the_loss_once_an_epoch():
+    from kdtune.train.fit import train_epoch
+
+    values = iter([1.0, float("inf"), 1.0])
+    calls = []
+
+    def step(u, p, q):
+        calls.append(1)
+        return torch.tensor(next(values), device="cuda")
+
+    with pytest.raises(DivergedError, match="during the epoch"):
+        train_epoch(MF(1, 2, 2, seed=0), _Batches(), step)
+    assert len(calls) == 3  # the whole epoch ran: no read of the loss between batches

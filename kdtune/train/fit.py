@@ -94,7 +94,7 @@ def make_step(
     positives: PositiveSet | None = None,
     batches_per_epoch: int | None = None,
     epochs: int = 1,
-) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float]:
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """One optimisation step on a ``(users, pos, neg)`` batch; returns the batch's mean loss.
 
     ``positives`` (the sampler's training pairs) lets losses that draw items keep them out (``rrd``).
@@ -105,7 +105,7 @@ def make_step(
     calls = 0
     draws: dict | None = {} if batches_per_epoch else None
 
-    def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> float:
+    def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         nonlocal calls
         epoch = calls // batches_per_epoch if batches_per_epoch else 0
         calls += 1
@@ -114,7 +114,7 @@ def make_step(
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
-        return float(value.detach())
+        return value.detach()  # a tensor: reading it on a GPU would wait for the device every batch
 
     return step
 
@@ -122,22 +122,28 @@ def make_step(
 def train_epoch(
     model: MF,
     sampler: BPRSampler,
-    step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float],
+    step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     max_batches: int | None = None,
 ) -> tuple[float, int]:
-    """One pass of ``sampler`` (or its first ``max_batches``); returns (sum of losses, triplets)."""
+    """One pass of ``sampler`` (or its first ``max_batches``); returns (sum of losses, triplets).
+
+    A diverged run cannot recover: on the CPU it stops at the first non-finite batch loss; on a GPU the
+    losses are summed on the device and read once, at the end of the epoch (no host sync per batch)."""
     model.train()
-    total, n = 0.0, 0
+    total, n = None, 0
     for b, (users, pos, neg) in enumerate(sampler.epoch()):
         if max_batches is not None and b >= max_batches:
             break
         loss_value = step(users, pos, neg)
-        # A diverged run cannot recover: stop at once rather than train on garbage.
-        if not math.isfinite(loss_value):
-            raise DivergedError(f"loss became {loss_value}")
-        total += loss_value * users.numel()
+        if not loss_value.is_cuda and not math.isfinite(float(loss_value)):
+            raise DivergedError(f"loss became {float(loss_value)}")
+        weighted = loss_value * users.numel()
+        total = weighted if total is None else total + weighted
         n += users.numel()
-    return total, n
+    epoch_total = float(total) if total is not None else 0.0
+    if not math.isfinite(epoch_total):
+        raise DivergedError(f"loss became {epoch_total} during the epoch")
+    return epoch_total, n
 
 
 def fit(
