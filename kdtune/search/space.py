@@ -118,18 +118,18 @@ class SearchSpace:
 
     def precisions(self) -> list[str]:
         """Every serving precision the space can propose (``fp32`` when it does not search one)."""
-        if "precision" in self.fixed:
-            return [str(self.fixed["precision"])]
-        if "precision" in self.params:
-            return [str(c) for c in self.params["precision"].choices]
-        return ["fp32"]
+        return self._choices("precision") or ["fp32"]
 
     def indexes(self) -> list[str]:
         """Every serving index the space can propose (empty when it does not search one)."""
-        if "index" in self.fixed:
-            return [str(self.fixed["index"])]
-        if "index" in self.params:
-            return [str(c) for c in self.params["index"].choices]
+        return self._choices("index")
+
+    def _choices(self, name: str) -> list[str]:
+        """The values a fixed or categorical ``name`` can take; empty when the space does not set it."""
+        if name in self.fixed:
+            return [str(self.fixed[name])]
+        if name in self.params:
+            return [str(c) for c in self.params[name].choices]
         return []
 
     def lr_range(self) -> tuple[float, float]:

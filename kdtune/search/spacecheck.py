@@ -88,26 +88,31 @@ def _weights(space: SearchSpace, losses: Mapping[str, Any], fail: Callable[[str,
             raise fail(f"conditional.{key}", f"required parameter missing: the KD weight of {loss!r} "
                             "(its own <loss>_weight, or a shared alpha)")
 
+
+def _serving_key(space: SearchSpace, name: str, over: str, fail: Callable[[str, str], SpaceError]) -> str:
+    """Where the space sets the serving setting ``name`` (``fixed.<name>`` or ``params.<name>``): a fixed
+    value or a categorical over ``over``, never conditional."""
+    if name in space.conditional:
+        raise fail(f"conditional.{name}", "must be in params (categorical) or fixed")
+    key = f"fixed.{name}" if name in space.fixed else f"params.{name}"
+    if name in space.params and space.params[name].type != "categorical":
+        raise fail(key, f"must be categorical over {over}")
+    return key
+
+
 def _precision(space: SearchSpace, fail: Callable[[str, str], SpaceError]) -> None:
     from kdtune.model.kernels import PRECISIONS
 
-    if "precision" in space.conditional:
-        raise fail("conditional.precision", "must be in params (categorical) or fixed")
-    key = "fixed.precision" if "precision" in space.fixed else "params.precision"
-    if "precision" in space.params and space.params["precision"].type != "categorical":
-        raise fail(key, f"must be categorical over {', '.join(PRECISIONS)}")
+    key = _serving_key(space, "precision", ", ".join(PRECISIONS), fail)
     for value in space.precisions():
         if value not in PRECISIONS:
             raise fail(key, f"unknown precision {value!r} (known: {', '.join(PRECISIONS)})")
 
+
 def _index(space: SearchSpace, fail: Callable[[str, str], SpaceError]) -> None:
     from kdtune.serving.index import INDEX_HELP, check_index
 
-    if "index" in space.conditional:
-        raise fail("conditional.index", "must be in params (categorical) or fixed")
-    key = "fixed.index" if "index" in space.fixed else "params.index"
-    if "index" in space.params and space.params["index"].type != "categorical":
-        raise fail(key, f"must be categorical over index specs ({INDEX_HELP})")
+    key = _serving_key(space, "index", f"index specs ({INDEX_HELP})", fail)
     if space.indexes() and space.precisions() != ["fp32"]:
         raise fail(key, "a student is served either through an index or at a precision of kdtune's kernels: "
                         "search index or precision, not both")
