@@ -30,15 +30,8 @@ class ServedStudent:
     @classmethod
     def from_model(cls, model: Any, spec: str, seed: int = 0) -> ServedStudent:
         """The served form of an ``MF`` (or a ``QuantizedMF``'s float tables): its item table indexed by ``spec``."""
-        if hasattr(model, "float_tables"):
-            users, items = model.float_tables()
-            bias = model.item_bias
-        else:
-            users, items = model.user_emb.weight, model.item_emb.weight
-            bias = model.item_bias.weight.reshape(-1)
-        items_np = items.detach().float().cpu().numpy()
-        index = build_index(spec, items_np, bias.detach().float().cpu().numpy(), seed=seed)
-        return cls(users.detach().float().cpu().numpy(), index, spec)
+        users, items, bias = _float_tables(model)
+        return cls(users, build_index(spec, items, bias, seed=seed), spec)
 
     @property
     def n_items(self) -> int:
@@ -82,9 +75,17 @@ def served_student(model: Any, spec: str, directory: Path | None = None, seed: i
     path = None if directory is None else Path(directory) / SERVED_INDEX_FILE
     tag = None if path is None else path.with_name(SERVED_INDEX_FILE + ".spec")
     if path is not None and path.is_file() and tag.is_file() and tag.read_text() == IndexSpec.parse(spec).name:
-        users = (model.float_tables()[0] if hasattr(model, "float_tables") else model.user_emb.weight).detach()
-        return ServedStudent(users.float().cpu().numpy(), faiss.read_index(str(path)), spec)
+        return ServedStudent(_float_tables(model)[0], faiss.read_index(str(path)), spec)
     return ServedStudent.from_model(model, spec, seed=seed)
+
+
+def _float_tables(model: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """User table, item table and item biases of an ``MF`` (or a ``QuantizedMF``'s float tables), float32 numpy."""
+    if hasattr(model, "float_tables"):
+        (users, items), bias = model.float_tables(), model.item_bias
+    else:
+        users, items, bias = model.user_emb.weight, model.item_emb.weight, model.item_bias.weight.reshape(-1)
+    return tuple(t.detach().float().cpu().numpy() for t in (users, items, bias))
 
 
 class IndexScorer:
