@@ -10,6 +10,7 @@ directions (a smaller dim) or padded with noise columns (a larger one).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -37,6 +38,7 @@ def trained_tables(items: np.ndarray, bias: np.ndarray, seed: int = 0, noise: fl
     items = np.asarray(items, np.float32)
     bias = np.asarray(bias, np.float32).reshape(-1)
 
+    @functools.lru_cache(maxsize=1)  # the indexes of one dim are built one after another over the same table
     def tables(dim: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([seed, dim, n_items])
         return extend(reshape_dim(items, dim, rng), bias, n_items, rng, noise)
