@@ -51,17 +51,10 @@ def write_deployables(run: Run, front: pd.DataFrame, out: str | Path) -> list[Pa
 
 def seen_csr(*parts: Interactions) -> tuple[np.ndarray, np.ndarray]:
     """CSR ``(indptr, indices)`` of each user's items over ``parts`` (sorted, unique)."""
-    n_users = parts[0].n_users
     users = np.concatenate([p.row_ids().numpy() for p in parts])
     items = np.concatenate([p.indices.numpy() for p in parts])
-    order = np.lexsort((items, users))
-    users, items = users[order], items[order]
-    keep = np.ones(len(items), bool)
-    keep[1:] = (users[1:] != users[:-1]) | (items[1:] != items[:-1])
-    users, items = users[keep], items[keep]
-    indptr = np.zeros(n_users + 1, np.int64)
-    np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
-    return indptr, items.astype(np.int64)
+    seen = Interactions.from_arrays(users, items, parts[0].n_users, parts[0].n_items)
+    return seen.indptr.numpy().astype(np.int64), seen.indices.numpy().astype(np.int64)
 
 
 def _plain(value):
