@@ -57,7 +57,7 @@ class TrainSettings:
 
 DEFAULTS = TrainSettings()
 
-SPACE_KEYS = ("epochs", "patience", "batch_size", "weight_decay")
+SPACE_KEYS = ("epochs", "patience", "batch_size", "weight_decay", "lr_schedule")
 """The trainer settings a search space may search or fix."""
 TRAIN_DEFAULTS = {key: getattr(DEFAULTS, key) for key in SPACE_KEYS}
 """Trainer settings a trial config may carry (searched or fixed), with the values used when absent."""

@@ -32,7 +32,7 @@ from kdtune.losses import (
     soft_bce_term,
     sorted_topn_of,
 )
-from kdtune.losses.experts import _ExpertSet
+from kdtune.losses.experts import _ExpertSet, row_sample
 from kdtune.model.mf import MF
 from kdtune.train.fit import make_step
 from kdtune.train.optim import TableAdamW
@@ -522,6 +522,40 @@ def test_de_items_are_the_distinct_items_of_the_batch():
     close(loss, BPR4 + 0.5 * (user_term + item_term), tol=1e-4)
 
 
+def test_row_sample_draws_distinct_rows_uniformly():
+    ids = torch.arange(10, 20)
+    assert torch.equal(row_sample(ids, 0, torch.Generator().manual_seed(0)), ids)  # 0: every row
+    assert torch.equal(row_sample(ids, 10, torch.Generator().manual_seed(0)), ids)  # no more rows than asked
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(30, dtype=torch.long)
+    for _ in range(2000):
+        pick = row_sample(ids, 3, g)
+        assert len(pick) == 3 and len(set(pick.tolist())) == 3 and set(pick.tolist()) <= set(ids.tolist())
+        counts += torch.bincount(pick, minlength=30)
+    # each of the 10 rows is kept with probability 3/10: 600 of 2,000 draws; chi-square with 9 dof < 27.9 (p 0.001)
+    observed = counts[10:20].double()
+    assert float(((observed - 600) ** 2 / 600).sum()) < 27.9
+
+
+def test_de_rows_estimates_the_term_on_a_subset_of_the_rows():
+    """With ``de_rows=1`` each mean is one row's error: the DE term is one of the per-row terms of the full
+    mean, and their average over draws is the full term."""
+    ctx = repeated_ctx([[1, 2, 3], [0, 1, 3]])
+    ctx.extra = identity_experts(1.0)
+    full = get_loss("de").fn(ctx, alpha=0.5, T=1.0, de_experts=2)
+    err = [(T_[0][i] - max(S[0][i], 0.0)) ** 2 + (T_[1][i] - max(S[1][i], 0.0)) ** 2 for i in range(4)]
+    pos_terms, neg_terms = [err[0], err[2]], [err[1], err[2], err[3]]
+    allowed = {round(BPR4 + 0.5 * 0.5 * (p + n), 4) for p in pos_terms for n in neg_terms}
+    got = []
+    for seed in range(60):
+        ctx.generator = torch.Generator().manual_seed(seed)
+        loss = float(get_loss("de").fn(ctx, alpha=0.5, T=1.0, de_experts=2, de_rows=1))
+        assert round(loss, 4) in allowed
+        got.append(loss)
+    assert len({round(v, 4) for v in got}) > 1
+    close(torch.tensor(sum(got) / len(got)), full, tol=0.05 * float(full))
+
+
 def test_rrd_hand_with_positives_excluded():
     """Given the training positives, user 0's only item outside its top-N is its positive (item 0): no
     uninteresting item is left, so its term is the listwise term of the interesting items alone."""
@@ -879,7 +913,7 @@ def test_registry():
     assert get_loss("bpr").params == {}
     assert get_loss("rrd").params == {"rrd_k": 10, "rrd_l": 50, "rrd_lambda": 10.0, "rrd_pool": "per_user"}
     # the references' defaults
-    assert get_loss("de").params == {"de_experts": 30, "de_tau_start": 1.0, "de_tau_end": 1e-10}
+    assert get_loss("de").params == {"de_experts": 30, "de_tau_start": 1.0, "de_tau_end": 1e-10, "de_rows": 0}
     assert {k: get_loss("rd").params[k] for k in ("rd_mu", "rd_dynamic_samples", "rd_warmup")} == {
         "rd_mu": 0.1, "rd_dynamic_samples": 100, "rd_warmup": 10}
     assert get_loss("cd").params["cd_guide"] == "student" and get_loss("cd").params["cd_shift"] == 0.0

@@ -25,6 +25,7 @@ def de_rrd_loss(
     de_experts: int = 30,
     de_tau_start: float = 1.0,
     de_tau_end: float = 1e-10,
+    de_rows: int = 0,
     rrd_k: int = 10,
     rrd_l: int = 50,
     rrd_lambda: float = 10.0,
@@ -34,13 +35,14 @@ def de_rrd_loss(
     DE + lambda_rrd * RRD)``, the paper's ``L_base + lambda_DE L_DE + lambda_RRD L_RRD`` with ``alpha``
     as a common scale (``alpha = 0`` is the plain student).
 
-    DE is :func:`~kdtune.losses.experts.de_loss`'s term (experts mixed by the annealed Gumbel-softmax), RRD
+    DE is :func:`~kdtune.losses.experts.de_loss`'s term (experts mixed by the annealed Gumbel-softmax, over at
+    most ``de_rows`` rows when it is set), RRD
     :func:`~kdtune.losses.ranking.rrd_loss`'s (per-user uninteresting draws by default); each takes its
     loss's parameters. The weights' ratio, 10 : 1, is the reference's (``lmbda_DE`` 0.01 in
     ``main_DE.py``, ``URRD_lmbda`` 0.001 in ``main_URRD.py``; both terms are sums over a batch's rows there
     and means here, and a batch has about as many distinct users as distinct items, so the ratio carries
     over while the scale goes to ``alpha``). ``T`` is unused.
     """
-    soft = lambda_de * de_soft(ctx, de_experts, de_tau_start, de_tau_end)
+    soft = lambda_de * de_soft(ctx, de_experts, de_tau_start, de_tau_end, de_rows)
     soft = soft + lambda_rrd * rrd_soft(ctx, rrd_k, rrd_l, rrd_lambda, rrd_pool)
     return bpr_term(_bpr_margin(ctx)) + alpha * soft
