@@ -98,18 +98,24 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "out of memory"
         raise TrialOutOfMemory(f"GPU out of memory (dim {dim}, loss {loss}, batch {fit_kwargs['batch_size']} "
                                f"on {device}): {first}") from None
-    # What a user sees is what the index returns, seen items dropped.
     served = ServedStudent.from_model(student.cpu(), index_of(config), seed=settings.seed)
-    best = evaluate(served.scorer(split.train, settings.k), split.train, split.valid, ks=(settings.k,))
-    metrics = {**{name: value for name, value in best.items() if name != "n_users"}, "index": served.spec.name,
-               "epoch": result.epochs_run, "train_loss": result.history[-1]["loss"] if result.history else None,
-               **fixed, "final": True, "params": student.n_params(), "bytes": served.n_bytes(),
-               **_fit_record(result), **_placement(device, gpu_ids), **peak_memory(device)}
+    metrics = {**_served_metrics(served, split, settings.k), "epoch": result.epochs_run,
+               "train_loss": result.history[-1]["loss"] if result.history else None, **fixed, "final": True,
+               "params": student.n_params(), **_fit_record(result), **_placement(device, gpu_ids),
+               **peak_memory(device)}
     with tempfile.TemporaryDirectory() as tmp:
         save_model(student, Path(tmp))
         save_served_index(served, Path(tmp))
         (Path(tmp) / METRICS_FILE).write_text(json.dumps(metrics))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _served_metrics(served: ServedStudent, split: Split, k: int) -> dict:
+    """Validation metrics over all validation users through the student's index (what a user sees is what
+    the index returns, seen items dropped), the index's name and its size."""
+    best = evaluate(served.scorer(split.train, k), split.train, split.valid, ks=(k,))
+    return {**{name: value for name, value in best.items() if name != "n_users"}, "index": served.spec.name,
+            "bytes": served.n_bytes()}
 
 
 def _fit_record(result) -> dict:
