@@ -39,7 +39,7 @@ def method_params(space, loss: str) -> list:
     """The space's searched entries a trial of ``loss`` has, less the student size and the loss itself."""
     active = space.active_params({"loss": loss})
     everything = {**space.params, **space.conditional}
-    skip = {"dim", "loss", "precision"} | ({"alpha", "T"} if loss == "bpr" else set())
+    skip = {"dim", "loss", "index"} | ({"alpha", "T"} if loss == "bpr" else set())
     return [everything[name] for name in active if name not in skip]
 
 

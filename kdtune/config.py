@@ -62,10 +62,9 @@ SPACE_KEYS = ("epochs", "patience", "batch_size", "weight_decay", "lr_schedule")
 TRAIN_DEFAULTS = {key: getattr(DEFAULTS, key) for key in SPACE_KEYS}
 """Trainer settings a trial config may carry (searched or fixed), with the values used when absent."""
 TRAIN_KEYS = tuple(TRAIN_DEFAULTS)
-MODEL_KEYS = ("dim", "loss", "lr", "alpha", "T", "precision", "index")
-"""Student/loss settings every loss accepts (``T`` only used by temperature losses; ``precision`` is the
-serving precision the student is quantised to after training, see :mod:`kdtune.model.quantized`; ``index`` the
-Faiss index its item table is served from, see :mod:`kdtune.serving.index`)."""
+MODEL_KEYS = ("dim", "loss", "lr", "alpha", "T", "index")
+"""Student/loss settings every loss accepts (``T`` only used by temperature losses; ``index`` the Faiss index
+the student's item table is served from, ``flat`` when absent, see :mod:`kdtune.serving.index`)."""
 
 
 @dataclass(frozen=True)
@@ -134,8 +133,7 @@ class SearchSettings:
     dashboard_host: str = setting("127.0.0.1", "interface the Ray dashboard binds to (local cluster only)")
     dashboard_port: int = setting(8265, "Ray dashboard port (local cluster only)")
     catalog_size: int | None = setting(None, "catalogue size the latency is measured at (default: the data's)")
-    latency_device: str = setting("cpu", "device the serving latency is measured on", choices=["cpu", "cuda"])
-    latency_threads: int = setting(1, "torch threads of the latency benchmark")
+    latency_threads: int = setting(1, "CPU threads of the latency benchmark (Faiss's, on the CPU)")
     teacher_dim: int = setting(TeacherSettings.dim, "teacher embedding size")
     teacher_epochs: int = setting(TeacherSettings.epochs, "teacher epoch budget (the best epoch on validation "
                                   "is kept)")

@@ -32,20 +32,20 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished_run(ray_cluster, cache, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    # the smoke space with serving precision searched too (int8: quantised after training)
-    space = runs / "smoke-precision.yaml"
-    space.write_text(_with_precision())
+    # the smoke space with the serving index searched too (sq8: 8-bit codes of the item table)
+    space = runs / "smoke-index.yaml"
+    space.write_text(_with_index())
     out = runs / "e2e"
     t0 = time.perf_counter()
     assert run_search(["--trials", "4", "--out", str(out), "--cache-dir", cache, *COMMON, "--space", str(space)]) == 0
     return out, time.perf_counter() - t0
 
 
-def _with_precision() -> str:
+def _with_index() -> str:
     import yaml
 
     data = load_space("smoke").to_dict()
-    data["params"]["precision"] = {"type": "categorical", "choices": ["fp32", "int8"]}
+    data["params"]["index"] = {"type": "categorical", "choices": ["flat", "sq8"]}
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -94,16 +94,20 @@ def test_search_exports_a_consistent_front(finished_run):
     # one latency figure per architecture everywhere: trials, baselines, front (the measurement after the search)
     after = run["latency"]["after"]["profiles"]
     assert set(after) == set(run["latency"]["before"]["profiles"]) == {
-        f"dim={d},precision={p}" for d in (4, 8) for p in ("fp32", "int8")} | {"dim=64,precision=fp32"}
+        f"dim={d},index={i}" for d in (4, 8) for i in ("flat", "sq8")} | {"dim=64,index=flat"}
     for table in (trials, front, plain):
         for _, row in table.iterrows():
-            key = f"dim={int(row['dim'])},precision={row['precision']}"
+            key = f"dim={int(row['dim'])},index={row['index']}"
             assert row["latency_ms"] == pytest.approx(after[key]["latency_ms"], rel=1e-12)
-    # every row says its precision and its size at that precision
-    assert set(finished["precision"]) <= {"fp32", "int8"} and set(front["precision"]) <= {"fp32", "int8"}
-    for _, row in finished.iterrows():
-        fp32_bytes = (300 + 400) * (int(row["dim"]) + 1) * 4
-        assert row["bytes"] == fp32_bytes if row["precision"] == "fp32" else row["bytes"] < fp32_bytes
+    # every row says its index and its size: the index's (flat: 400 items of dim + 1 float32 columns)
+    assert set(finished["index"]) <= {"flat", "sq8"} and set(front["index"]) <= {"flat", "sq8"}
+    assert set(plain["index"]) == {"flat"}
+    for _, row in pd.concat([finished, plain]).iterrows():
+        flat_bytes = 400 * (int(row["dim"]) + 1) * 4
+        if row["index"] == "flat":
+            assert flat_bytes < row["bytes"] < flat_bytes + 1024
+        else:
+            assert row["bytes"] < flat_bytes
     # the run's Optuna study: its best trials are the exported front
     from kdtune.report.study import load_study
 
@@ -179,26 +183,33 @@ def test_export_writes_deployable_students_that_serve_the_evaluated_top_k(finish
     from kdtune.data import prepare
     from kdtune.model.store import load_model
     from kdtune.search.run import Run
+    from kdtune.serving.served import served_student
 
     out, _ = finished_run
     assert export_main([str(out), "--serve", str(tmp_path / "serve")]) == 0
     members = json.loads((tmp_path / "serve" / "manifest.json").read_text())["members"]
-    assert members and all(m["index"] == "flat" for m in members)  # this run has no index column
+    front = pd.read_csv(out / "pareto.csv")
+    by_id = front.set_index(front["trial_id"].astype(str))
+    # each member is served through the index it was scored through in the run
+    assert members and [m["index"] for m in members] == [by_id.loc[m["dir"], "index"] for m in members]
+    member = next((m for m in members if m["index"] == "flat"), members[0])
     run = Run.load(out)
     _, split = prepare(run.data)
-    front = pd.read_csv(out / "pareto.csv")
-    weights = front.set_index(front["trial_id"].astype(str))["weights"][members[0]["dir"]]
-    model = load_model(out / weights)
+    model = load_model(out / by_id.loc[member["dir"], "weights"])
     users = torch.arange(min(50, split.train.n_users))
-    scores = model.full_scores(users).detach()
-    for u in users.tolist():
-        scores[u, split.train.items_of(u)] = -float("inf")
-        scores[u, split.valid.items_of(u)] = -float("inf")
-    expected = torch.topk(scores, 10, dim=1).indices
-    deployed = kdtune.serve.load(tmp_path / "serve" / members[0]["dir"])
+    seen = [np.concatenate([split.train.items_of(u).numpy(), split.valid.items_of(u).numpy()]) for u in users.tolist()]
+    if member["index"] == "flat":  # exact: the model's own top-10 of the unseen items
+        scores = model.full_scores(users).detach()
+        for u in users.tolist():
+            scores[u, seen[u]] = -float("inf")
+        expected = torch.topk(scores, 10, dim=1).indices.tolist()
+    else:
+        served = served_student(model, member["index"], out / by_id.loc[member["dir"], "weights"])
+        expected = served.recommend(users.numpy(), 10, seen).tolist()
+    deployed = kdtune.serve.load(tmp_path / "serve" / member["dir"])
     inter_ids = deployed.user_ids[: len(users)]
     got = deployed.recommend(inter_ids, 10)
-    assert got == [[deployed.item_ids[i] for i in row] for row in expected.tolist()]
+    assert got == [[deployed.item_ids[i] for i in row] for row in expected]
 
 
 def test_killed_driver_resumes_without_losing_trials(ray_cluster, cache, tmp_path):

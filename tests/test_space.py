@@ -190,26 +190,18 @@ BAD = [
     ("missing alpha", _replace("  alpha: {type: float, low: 0.1, high: 0.9}\n", ""), "alpha"),
     ("fixed not scalar", VALID + "  epochs2: [1, 2]\n", "fixed.epochs2"),
     ("invalid yaml", "params: {lr: [\n", "not valid YAML"),
-    ("unknown precision", _replace("  alpha:", "  precision: {type: categorical, choices: [fp32, int4]}\n  alpha:"),
-     "params.precision"),
-    ("precision not categorical", _replace("  alpha:", "  precision: {type: float, low: 8, high: 32}\n  alpha:"),
+    ("unknown index", _replace("  alpha:", "  index: {type: categorical, choices: [flat, int4]}\n  alpha:"),
+     "params.index"),
+    ("index not categorical", _replace("  alpha:", "  index: {type: float, low: 8, high: 32}\n  alpha:"),
+     "params.index"),
+    ("precision is the index's", _replace("  alpha:", "  precision: {type: categorical, choices: [fp32, int8]}\n  alpha:"),
      "params.precision"),
 ]
 
 
-def test_precision_is_searched_or_fixed() -> None:
-    data = yaml.safe_load(VALID)
-    assert parse_space(data).precisions() == ["fp32"]
-    data["params"]["precision"] = {"type": "categorical", "choices": ["fp32", "int8"]}
-    assert parse_space(data).precisions() == ["fp32", "int8"]
-    del data["params"]["precision"]
-    data["fixed"]["precision"] = "bf16"
-    assert parse_space(data).precisions() == ["bf16"]
-
-
 def test_index_is_searched_or_fixed_and_checked() -> None:
     data = yaml.safe_load(VALID)
-    assert parse_space(data).indexes() == []
+    assert parse_space(data).indexes() == ["flat"]  # a space that names none serves every student through flat
     data["params"]["index"] = {"type": "categorical", "choices": ["flat", "sq8", "hnsw32_ef64", "ivf1024_np16"]}
     assert parse_space(data).indexes() == ["flat", "sq8", "hnsw32_ef64", "ivf1024_np16"]
     data["params"]["index"]["choices"].append("pq4")
@@ -218,9 +210,17 @@ def test_index_is_searched_or_fixed_and_checked() -> None:
     del data["params"]["index"]
     data["fixed"]["index"] = "hnsw16_ef32"
     assert parse_space(data).indexes() == ["hnsw16_ef32"]
-    data["fixed"]["precision"] = "int8"
-    with pytest.raises(SpaceError, match="not both"):
+
+
+@pytest.mark.parametrize("section, entry", [("params", {"type": "categorical", "choices": ["fp32", "int8"]}),
+                                            ("fixed", "bf16")])
+def test_a_space_with_precision_is_refused_naming_index(section, entry) -> None:
+    data = yaml.safe_load(VALID)
+    data[section]["precision"] = entry
+    with pytest.raises(SpaceError) as info:
         parse_space(data)
+    message = str(info.value)
+    assert "\n" not in message and f"{section}.precision" in message and "index" in message
 
 
 @pytest.mark.parametrize("case,text,key", BAD, ids=[b[0] for b in BAD])

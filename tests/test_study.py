@@ -54,7 +54,7 @@ def candidates() -> pd.DataFrame:
              bytes=np.int64(4096)),
         _row("t3", "cd", 32, 0.005, 0.2, 0.21, 0.50, T=1.5, cd_samples=20.0, cd_lambda=10.0, cd_guide="hybrid"),
         _row("t4", "rrd", 16, 0.004, 0.9, 0.12, 0.40, rrd_k=7.0, rrd_l=150.0, rrd_lambda=30.0),
-        _row("t5", "de", 32, 0.003, 0.6, 0.21, 0.50, de_experts=4.0, precision="bfloat16"),  # ties t3
+        _row("t5", "de", 32, 0.003, 0.6, 0.21, 0.50, de_experts=4.0, index="bf16"),  # ties t3
         _row("t6", "rd", 8, 0.01, 0.4, 0.13, NaN, rd_k=25.0, rd_lambda=1.5, rd_mu=0.5, rd_warmup=3.0),  # never reported latency
         {"trial_id": "plain-dim4", "kind": "plain", "loss": "bpr", "dim": 4, "lr": 0.0054772,
          "recall@20": 0.09, "latency_ms": 0.09, "test_recall": 0.085},
@@ -151,7 +151,7 @@ def test_user_attributes(written):
     assert trials["t0"].user_attrs["epochs_run"] == 12
     assert trials["t1"].user_attrs["stopped_early"] is True
     assert trials["t2"].user_attrs["bytes"] == 4096
-    assert trials["t5"].user_attrs["precision"] == "bfloat16"
+    assert trials["t5"].user_attrs["index"] == "bf16"
     assert trials["t0"].user_attrs["status"] == "TERMINATED"
     for t in trials.values():
         attrs = t.user_attrs
@@ -218,28 +218,28 @@ def test_study_metadata(tmp_path, candidates, space):
 
 
 def test_generic_params_of_any_type(tmp_path):
-    """A searched categorical `precision`, a stepped float and a stepped int, with a fixed lr."""
+    """A searched categorical `index`, a stepped float and a stepped int, with a fixed lr."""
     space = SearchSpace(
         params={
             "dim": Param("dim", "int", low=4, high=32, step=4),
             "alpha": Param("alpha", "float", low=0.1, high=0.9, step=0.1),
             "loss": Param("loss", "categorical", choices=("rd", "bpr")),
-            "precision": Param("precision", "categorical", choices=("float32", "bfloat16", "int8")),
+            "index": Param("index", "categorical", choices=("flat", "bf16", "sq8")),
         },
         fixed={"lr": 0.01, "epochs": 5},
     )
     df = pd.DataFrame([
-        {"trial_id": "a", "dim": 8.0, "alpha": 0.30000000000000004, "loss": "rd", "precision": "int8",
+        {"trial_id": "a", "dim": 8.0, "alpha": 0.30000000000000004, "loss": "rd", "index": "sq8",
          "recall@20": 0.1, "latency_ms": 0.2, "lr": 0.01, "epochs": 5},
         {"trial_id": "plain-dim12", "kind": "plain", "dim": 12, "lr": 0.01, "loss": "bpr",
          "recall@20": 0.05, "latency_ms": 0.1},
     ])
     trials = _by_id(_open(write_study(tmp_path / STUDY_FILE, df, OBJ, space)))
     a = trials["a"]
-    assert a.params == {"dim": 8, "alpha": 0.30000000000000004, "loss": "rd", "precision": "int8"}
+    assert a.params == {"dim": 8, "alpha": 0.30000000000000004, "loss": "rd", "index": "sq8"}
     assert a.distributions["dim"] == IntDistribution(4, 32, step=4)
     assert a.distributions["alpha"] == FloatDistribution(0.1, 0.9, step=0.1)
-    assert a.distributions["precision"] == CategoricalDistribution(["float32", "bfloat16", "int8"])
+    assert a.distributions["index"] == CategoricalDistribution(["flat", "bf16", "sq8"])
     assert "lr" not in a.user_attrs and "epochs" not in a.user_attrs  # fixed: in the study's space
     plain = trials["plain-dim12"]
     # lr is fixed in the space, so not a distribution; loss stays an attribute though bpr is a choice.

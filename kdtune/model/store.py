@@ -1,8 +1,9 @@
 """Models on disk: one tensor-file format, read with ``torch.load(..., weights_only=True)``, for the teacher
-and every student (plain, distilled, quantised).
+and every student (plain and distilled).
 
-- A student is a directory: ``student.pt`` (its ``state_dict``: tensors, and the precision string of a
-  quantised one) and ``arch.json`` (its shape and precision). :func:`save_model` / :func:`load_model`.
+- A student is a directory: ``student.pt`` (its float32 ``state_dict``) and ``arch.json`` (its shape).
+  :func:`save_model` / :func:`load_model`. How it is served (the Faiss index of its item table) is kept
+  beside it by :mod:`kdtune.serving.served`.
 - The teacher is one file: its weights, each user's top-N teacher ranking and a JSON metadata string
   (:class:`TeacherKnowledge`, :func:`save_teacher` / :func:`load_teacher`). A run keeps its own copy;
   the cache holds one per cache key (:func:`teacher_cache_file`, :func:`load_cached`).
@@ -24,7 +25,6 @@ from typing import Any
 import torch
 
 from kdtune.model.mf import MF
-from kdtune.model.quantized import QuantizedMF
 
 log = logging.getLogger("kdtune")
 
@@ -43,24 +43,21 @@ def _load(path: Path) -> Any:
     return torch.load(path, weights_only=True, map_location="cpu")
 
 
-def save_model(model: MF | QuantizedMF, directory: Path) -> Path:
-    """The student's weights (float or quantised) and its architecture, in ``directory``."""
+def save_model(model: MF, directory: Path) -> Path:
+    """The student's weights and its architecture, in ``directory``."""
     directory = Path(directory)
-    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     path = directory / STUDENT_FILE
     _save(state, path)
     (directory / ARCH_FILE).write_text(json.dumps(model.arch()))
     return path
 
 
-def load_model(directory: str | Path) -> MF | QuantizedMF:
+def load_model(directory: str | Path) -> MF:
     """A student written by :func:`save_model`."""
     directory = Path(directory)
     arch = json.loads((directory / ARCH_FILE).read_text())
-    state = _load(directory / STUDENT_FILE)
-    if "precision" in state:  # a quantised model's state names its precision (fp32 too)
-        return QuantizedMF.from_state(state)
-    return MF.from_state(arch, state).eval()
+    return MF.from_state(arch, _load(directory / STUDENT_FILE)).eval()
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Each front member with weights is written to ``DIR/<trial_id>/`` (:mod:`kdtune.serving.deploy`: user table
 and seen items in safetensors, the item index by ``faiss.write_index``, a JSON manifest) with the index it
-was served through in the run (its ``index`` column; ``flat`` for a run without one), and ``DIR/manifest.json``
+was served through in the run (its ``index`` column), and ``DIR/manifest.json``
 lists the members with their figures. Seen items are each user's training and validation items.
 """
 
@@ -36,8 +36,7 @@ def write_deployables(run: Run, front: pd.DataFrame, out: str | Path) -> list[Pa
         weights = row.get("weights")
         if not isinstance(weights, str) or not (run.dir / weights).is_dir():
             continue
-        spec = index_of(row) or "flat"
-        served = served_student(load_model(run.dir / weights), spec, run.dir / weights, seed=run.data.seed)
+        served = served_student(load_model(run.dir / weights), index_of(row), run.dir / weights, seed=run.data.seed)
         name = str(row["trial_id"])
         figures = {key: _plain(row[key]) for key in (*FIGURES, f"test_recall@{run.data.k}", f"test_ndcg@{run.data.k}")
                    if key in row}

@@ -32,13 +32,13 @@ from kdtune.train.evaluate import test_scores
 log = logging.getLogger("kdtune")
 
 STOPPED, ERROR = "stopped", "error"
-FRONT_COLUMNS = ["kind", "trial_id", "loss", "dim", "precision", "index", "lr", "alpha", "T", "loss_params", "recall@K",
+FRONT_COLUMNS = ["kind", "trial_id", "loss", "dim", "index", "lr", "alpha", "T", "loss_params", "recall@K",
                  "ndcg@K", "test_recall@K", "test_ndcg@K", "plain_test_ndcg@K", "gain_vs_plain_ndcg@K", "latency_ms",
                  "latency_spread_ms", "latency_p95_ms", "latency_b256_ms", "params", "bytes", "size_vs_teacher", "speedup_vs_teacher",
                  "best_epoch", "epochs_run", "weights"]
-BASELINE_COLUMNS = ["kind", "model", "dim", "precision", "lr", "recall@K", "ndcg@K", "test_recall@K", "test_ndcg@K",
+BASELINE_COLUMNS = ["kind", "model", "dim", "index", "lr", "recall@K", "ndcg@K", "test_recall@K", "test_ndcg@K",
                     "latency_ms", "latency_spread_ms", "params", "bytes"]
-SUMMARY_COLUMNS = ["kind", "trial_id", "loss", "dim", "precision", "index", "test_recall@K", "test_ndcg@K",
+SUMMARY_COLUMNS = ["kind", "trial_id", "loss", "dim", "index", "test_recall@K", "test_ndcg@K",
                    "gain_vs_plain_ndcg@K", "latency_ms", "bytes", "size_vs_teacher"]
 
 
@@ -156,11 +156,8 @@ def scored_front(run: Run, front: pd.DataFrame, baselines: pd.DataFrame, checkpo
 
 def _test_scores(model, row: dict, directory: Path, run: Run) -> dict:
     """A front member scored on test, through the index it is served with (the trial's own, kept with its
-    weights) when it has one."""
-    spec = index_of(row)
-    if spec is None:
-        return test_scores(model, run.split, run.data.k)
-    served = served_student(model, spec, directory, seed=run.data.seed)
+    weights)."""
+    served = served_student(model, index_of(row), directory, seed=run.data.seed)
     return test_scores(served.scorer([run.split.train, run.split.valid], run.data.k), run.split, run.data.k)
 
 
@@ -173,8 +170,8 @@ def _loss_params(row: dict) -> dict:
 
 
 def latency_note(run: Run) -> str:
-    return (f"Latency: scoring + top-{run.data.k} of {run.catalog_size:,} items for one user, "
-            f"{run.search.latency_device}, {run.search.latency_threads} thread(s), one figure per architecture "
+    return (f"Latency: a Faiss search of the student's index for one user's top-{run.data.k} of "
+            f"{run.catalog_size:,} items, CPU, {run.search.latency_threads} thread(s), one figure per architecture "
             "(median of interleaved rounds after the search; spread = IQR of the rounds).")
 
 
@@ -223,7 +220,7 @@ def record_outcome(run: Run, choice: FrontChoice, front: pd.DataFrame, finished:
 
 
 def _shown(front: pd.DataFrame, columns: list[str]) -> list[str]:
-    """The columns of ``columns`` that ``front`` has and fills (no empty ``index`` for a run without one)."""
+    """The columns of ``columns`` that ``front`` has and fills."""
     return [c for c in columns if c in front and front[c].notna().any()]
 
 
@@ -239,6 +236,6 @@ def summary(run: Run, choice: FrontChoice, front: pd.DataFrame, finished: pd.Dat
     if warnings:
         table += "\n\nLatency warnings:\n" + "\n".join(f"- {w}" for w in warnings)
     if catalog < 20_000:
-        table += (f"\n\nAt {catalog:,} items latency is mostly fixed overhead (kernel launches, top-k), so it "
+        table += (f"\n\nAt {catalog:,} items latency is mostly fixed overhead (the search call, top-k), so it "
                   "barely tracks model size; pass --catalog-size N to measure at the catalogue you serve.")
     return table

@@ -27,7 +27,9 @@ from kdtune.report.front import PLAIN, TEACHER
 from kdtune.search.memory import largest, peak_memory
 from kdtune.search.run import BASELINES_FILE, Run
 from kdtune.search.space import SearchSpace
-from kdtune.train.evaluate import test_scores
+from kdtune.serving.arch import DEFAULT_INDEX
+from kdtune.serving.served import ServedStudent
+from kdtune.train.evaluate import evaluate, test_scores
 from kdtune.train.fit import distill
 
 log = logging.getLogger("kdtune")
@@ -46,13 +48,20 @@ def _plain_task(split: Split, dim: int, lr: float, train_kwargs: dict, k: int, s
     torch.set_num_threads(max(1, threads))
     device = "cuda" if ray.is_initialized() and ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
     model, fit = distill(None, None, split.train, split.valid, dim, "bpr", seed=seed, lr=lr, k=k,
-                         device=device, valid_users=valid_users, **train_kwargs)
-    model.cpu()
-    return {"dim": dim, "lr": lr, f"recall@{k}": fit.best_metrics[f"recall@{k}"],
-            f"ndcg@{k}": fit.best_metrics[f"ndcg@{k}"], **test_scores(model, split, k),
-            "params": model.n_params(), "bytes": model.n_bytes(), "best_epoch": fit.best_epoch,
-            "epochs_run": fit.epochs_run, "state": {name: t.clone() for name, t in model.state_dict().items()},
-            "arch": model.arch(), **peak_memory(device)}
+                         device=device, valid_users=valid_users, rescore_best=False, **train_kwargs)
+    # Scored like a trial: through the index it is served from, over all validation users.
+    served = ServedStudent.from_model(model.cpu(), DEFAULT_INDEX, seed=seed)
+    valid = evaluate(served.scorer(split.train, k), split.train, split.valid, ks=(k,))
+    return {"dim": dim, "lr": lr, f"recall@{k}": valid[f"recall@{k}"], f"ndcg@{k}": valid[f"ndcg@{k}"],
+            **_test_scores(served, split, k), "params": model.n_params(), "bytes": served.n_bytes(),
+            "best_epoch": fit.best_epoch, "epochs_run": fit.epochs_run,
+            "state": {name: t.clone() for name, t in model.state_dict().items()}, "arch": model.arch(),
+            **peak_memory(device)}
+
+
+def _test_scores(served: ServedStudent, split: Split, k: int) -> dict:
+    """A served model scored once on test through its index (training and validation items excluded)."""
+    return test_scores(served.scorer([split.train, split.valid], k), split, k)
 
 
 def plain_jobs(space: SearchSpace) -> tuple[list[tuple[int, float]], dict]:
@@ -107,7 +116,7 @@ def best_plain(rows: list[dict], k: int) -> tuple[pd.DataFrame, dict[str, tuple[
     """The best plain student of each dim by validation NDCG@k (rows) and their weights
     ``{trial_id: (arch, state)}``."""
     if not rows:
-        return pd.DataFrame(columns=["trial_id", "kind", "model", "loss", "precision", "dim"]), {}
+        return pd.DataFrame(columns=["trial_id", "kind", "model", "loss", "index", "dim"]), {}
     df = pd.DataFrame(rows).drop(columns=["peak_rss_gb", "peak_gpu_gb"], errors="ignore")
     best = df.loc[df.groupby("dim")[f"ndcg@{k}"].idxmax()].sort_values("dim").reset_index(drop=True)
     weights = {plain_id(r["dim"]): (r["arch"], r["state"]) for _, r in best.iterrows()}
@@ -116,17 +125,18 @@ def best_plain(rows: list[dict], k: int) -> tuple[pd.DataFrame, dict[str, tuple[
     best.insert(1, "kind", PLAIN)
     best.insert(2, "model", [f"plain student dim={d}" for d in best["dim"]])
     best.insert(3, "loss", "bpr")
-    best.insert(4, "precision", "fp32")
+    best.insert(4, "index", DEFAULT_INDEX)
     return best, weights
 
 
 def teacher_row(knowledge: TeacherKnowledge, split: Split, k: int) -> dict:
-    """The teacher's validation figures and its single test scoring."""
+    """The teacher's validation figures (from its training) and its single test scoring, through ``flat``."""
     teacher = knowledge.model()
+    served = ServedStudent.from_model(teacher, DEFAULT_INDEX)
     return {"trial_id": TEACHER, "kind": TEACHER, "model": f"teacher dim={teacher.dim}", "loss": "bpr",
-            "dim": teacher.dim, "precision": "fp32", f"recall@{k}": knowledge.valid_metrics.get(f"recall@{k}"),
-            f"ndcg@{k}": knowledge.valid_metrics.get(f"ndcg@{k}"), **test_scores(teacher, split, k),
-            "params": teacher.n_params(), "bytes": teacher.n_bytes()}
+            "dim": teacher.dim, "index": DEFAULT_INDEX, f"recall@{k}": knowledge.valid_metrics.get(f"recall@{k}"),
+            f"ndcg@{k}": knowledge.valid_metrics.get(f"ndcg@{k}"), **_test_scores(served, split, k),
+            "params": teacher.n_params(), "bytes": served.n_bytes()}
 
 
 def baselines_done(run: Run) -> bool:

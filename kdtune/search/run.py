@@ -176,15 +176,12 @@ class Run:
         return self.search.catalog_size or self.interactions.n_items
 
     def latency_plan(self, knowledge: TeacherKnowledge) -> LatencyPlan:
-        """Which architectures the run times (every student of its space, the teacher) and how; a space's
-        indexes are timed over tables drawn from the teacher's item table."""
-        indexes = self.space.indexes()
-        reference = None
-        if indexes:
-            reference = (knowledge.state["item_emb.weight"].float().numpy(),
-                         knowledge.state["item_bias.weight"].float().numpy().reshape(-1))
-        return LatencyPlan(self.space.dims(), self.space.precisions(), knowledge.arch["dim"], self.catalog_size,
-                           self.data.k, self.search.latency_device, self.search.latency_threads, indexes, reference)
+        """Which architectures the run times (every student of its space, the teacher) and how: each index
+        over tables drawn from the teacher's item table (an approximate index's speed depends on them)."""
+        reference = (knowledge.state["item_emb.weight"].float().numpy(),
+                     knowledge.state["item_bias.weight"].float().numpy().reshape(-1))
+        return LatencyPlan(self.space.dims(), self.space.indexes(), knowledge.arch["dim"], self.catalog_size,
+                           self.data.k, self.search.latency_threads, reference)
 
     # -- the run's teacher ---------------------------------------------------------------------------
 

@@ -116,21 +116,13 @@ class SearchSpace:
             return sorted(int(c) for c in p.choices)
         return list(range(int(p.low), int(p.high) + 1, int(p.step or 1)))
 
-    def precisions(self) -> list[str]:
-        """Every serving precision the space can propose (``fp32`` when it does not search one)."""
-        return self._choices("precision") or ["fp32"]
-
     def indexes(self) -> list[str]:
-        """Every serving index the space can propose (empty when it does not search one)."""
-        return self._choices("index")
-
-    def _choices(self, name: str) -> list[str]:
-        """The values a fixed or categorical ``name`` can take; empty when the space does not set it."""
-        if name in self.fixed:
-            return [str(self.fixed[name])]
-        if name in self.params:
-            return [str(c) for c in self.params[name].choices]
-        return []
+        """Every serving index the space can propose (``flat`` when it does not search one)."""
+        if "index" in self.fixed:
+            return [str(self.fixed["index"])]
+        if "index" in self.params:
+            return [str(c) for c in self.params["index"].choices]
+        return ["flat"]
 
     def lr_range(self) -> tuple[float, float]:
         """``(low, high)`` of the learning rate (equal bounds when ``lr`` is fixed)."""

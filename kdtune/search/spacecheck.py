@@ -1,6 +1,6 @@
 """Checks of a search space against the rest of kdtune: the loss registry (every loss known, every key used
 by the losses it is set for, one KD weight per loss), the trainer and model keys, embedding sizes, serving
-precisions, and the teacher's list length. :mod:`kdtune.search.spacefile` checks the YAML itself."""
+indexes, and the teacher's list length. :mod:`kdtune.search.spacefile` checks the YAML itself."""
 
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ def check_semantics(space: SearchSpace, fail: Callable[[str, str], SpaceError]) 
     losses = space.losses
     _weights(space, LOSSES, fail)
     _dim(space, fail)
-    _precision(space, fail)
     _index(space, fail)
 
     entries = [(f"params.{n}", n, p.when) for n, p in space.params.items()]
@@ -89,33 +88,20 @@ def _weights(space: SearchSpace, losses: Mapping[str, Any], fail: Callable[[str,
                             "(its own <loss>_weight, or a shared alpha)")
 
 
-def _serving_key(space: SearchSpace, name: str, over: str, fail: Callable[[str, str], SpaceError]) -> str:
-    """Where the space sets the serving setting ``name`` (``fixed.<name>`` or ``params.<name>``): a fixed
-    value or a categorical over ``over``, never conditional."""
-    if name in space.conditional:
-        raise fail(f"conditional.{name}", "must be in params (categorical) or fixed")
-    key = f"fixed.{name}" if name in space.fixed else f"params.{name}"
-    if name in space.params and space.params[name].type != "categorical":
-        raise fail(key, f"must be categorical over {over}")
-    return key
-
-
-def _precision(space: SearchSpace, fail: Callable[[str, str], SpaceError]) -> None:
-    from kdtune.model.kernels import PRECISIONS
-
-    key = _serving_key(space, "precision", ", ".join(PRECISIONS), fail)
-    for value in space.precisions():
-        if value not in PRECISIONS:
-            raise fail(key, f"unknown precision {value!r} (known: {', '.join(PRECISIONS)})")
-
-
 def _index(space: SearchSpace, fail: Callable[[str, str], SpaceError]) -> None:
+    """``index`` is a fixed spec or a categorical over specs, never conditional; there is no ``precision``
+    key: a student's serving precision is its index's (``flat``, ``sq8``, ``fp16``, ``bf16``)."""
     from kdtune.serving.index import INDEX_HELP, check_index
 
-    key = _serving_key(space, "index", f"index specs ({INDEX_HELP})", fail)
-    if space.indexes() and space.precisions() != ["fp32"]:
-        raise fail(key, "a student is served either through an index or at a precision of kdtune's kernels: "
-                        "search index or precision, not both")
+    for section in ("params", "conditional", "fixed"):
+        if "precision" in getattr(space, section):
+            raise fail(f"{section}.precision", "serving precision is set through index (flat, sq8, fp16, bf16, or "
+                                               "an approximate index): search or fix index instead")
+    if "index" in space.conditional:
+        raise fail("conditional.index", "must be in params (categorical) or fixed")
+    key = "fixed.index" if "index" in space.fixed else "params.index"
+    if "index" in space.params and space.params["index"].type != "categorical":
+        raise fail(key, f"must be categorical over index specs ({INDEX_HELP})")
     for value in space.indexes():
         try:
             check_index(value)

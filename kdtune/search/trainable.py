@@ -15,10 +15,9 @@ from kdtune.config import MODEL_KEYS, TRAIN_DEFAULTS, TrialSettings
 from kdtune.data.interactions import Split
 from kdtune.errors import TrialOutOfMemory
 from kdtune.losses import get_loss
-from kdtune.model.quantized import quantize
 from kdtune.model.store import TeacherKnowledge, save_model
 from kdtune.search.memory import peak_memory
-from kdtune.serving.arch import arch_of, index_of, precision_of
+from kdtune.serving.arch import arch_of, index_of
 from kdtune.serving.served import ServedStudent, save_served_index
 from kdtune.train.evaluate import evaluate
 from kdtune.train.fit import distill
@@ -54,12 +53,11 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
 
     Each epoch's report carries the per-epoch validation signal (a fixed sample of validation users) and the
     architecture's latency, so the dashboard shows learning curves and a scheduler can stop the trial at a
-    rung. The last report (``final: True``) carries the best epoch's metrics over all validation users and
-    the student's checkpoint; a trial stopped by the scheduler never sends it. A student searched at a
-    lower serving precision trains in float32 (its per-epoch signal is the float model's) and its final
-    metrics, weights and size are those of the quantised model; one served through an index is scored
-    through it (``kdtune.serving.served``), its size is the index's, and the index is kept with its weights
-    (built once per trial and index settings, reused by the export).
+    rung. The last report (``final: True``) carries the best epoch's metrics and the student's checkpoint;
+    a trial stopped by the scheduler never sends it. A student trains in float32 (its per-epoch signal is
+    the float model's); its final metrics are measured through the Faiss index it is served from (its
+    ``index``, ``flat`` by default; ``kdtune.serving.served``) over all validation users, its size is the
+    index's, and the index is kept with its weights (built once per trial, reused by the export).
     """
     done = tune.get_checkpoint()
     if done is not None:
@@ -87,12 +85,11 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
         metrics.pop("n_users", None)
         tune.report({**metrics, **fixed, "final": False})
 
-    precision = precision_of(config)
     try:
         student, result = distill(
             knowledge.model(), knowledge.topn, split.train, split.valid, dim, loss, seed=settings.seed,
             k=settings.k, device=device, valid_users=settings.valid_users, on_epoch=report_epoch,
-            rescore_best=precision == "fp32", **fit_kwargs,  # a quantised student is scored below instead
+            rescore_best=False, **fit_kwargs,  # the best epoch is scored below, through its index
         )
     except torch.cuda.OutOfMemoryError as exc:
         # The trial's own memory goes back to the GPU its neighbours share; the trial ends as an error.
@@ -101,26 +98,24 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "out of memory"
         raise TrialOutOfMemory(f"GPU out of memory (dim {dim}, loss {loss}, batch {fit_kwargs['batch_size']} "
                                f"on {device}): {first}") from None
-    best, served = result.best_metrics, None
-    if index_of(config) is not None:
-        # Served through an index: what a user sees is what the index returns, seen items dropped.
-        served = ServedStudent.from_model(student.cpu(), index_of(config), seed=settings.seed)
-        best = evaluate(served.scorer(split.train, settings.k), split.train, split.valid, ks=(settings.k,))
-    elif precision != "fp32":
-        # Trained in float32, served quantised: the reported metrics are those of the quantised weights.
-        student = quantize(student.cpu(), precision)
-        best = evaluate(student, split.train, split.valid, ks=(settings.k,))
-    metrics = {**{name: value for name, value in best.items() if name != "n_users"}, "precision": precision,
-               "index": index_of(config), "epoch": result.epochs_run,
+    served = ServedStudent.from_model(student.cpu(), index_of(config), seed=settings.seed)
+    metrics = {**_served_metrics(served, split, settings.k), "epoch": result.epochs_run,
                "train_loss": result.history[-1]["loss"] if result.history else None, **fixed, "final": True,
-               "params": student.n_params(), "bytes": student.n_bytes() if served is None else served.n_bytes(),
-               **_fit_record(result), **_placement(device, gpu_ids), **peak_memory(device)}
+               "params": student.n_params(), **_fit_record(result), **_placement(device, gpu_ids),
+               **peak_memory(device)}
     with tempfile.TemporaryDirectory() as tmp:
         save_model(student, Path(tmp))
-        if served is not None:
-            save_served_index(served, Path(tmp))
+        save_served_index(served, Path(tmp))
         (Path(tmp) / METRICS_FILE).write_text(json.dumps(metrics))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _served_metrics(served: ServedStudent, split: Split, k: int) -> dict:
+    """Validation metrics over all validation users through the student's index (what a user sees is what
+    the index returns, seen items dropped), the index's name and its size."""
+    best = evaluate(served.scorer(split.train, k), split.train, split.valid, ks=(k,))
+    return {**{name: value for name, value in best.items() if name != "n_users"}, "index": served.spec.name,
+            "bytes": served.n_bytes()}
 
 
 def _fit_record(result) -> dict:

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 
 _EXACT = {"flat": "Flat", "sq8": "SQ8", "fp16": "SQfp16", "bf16": "SQbf16"}
+ELEMENT_BYTES = {"flat": 4, "sq8": 1, "fp16": 2, "bf16": 2}
+"""Bytes of one stored vector element in each exact index (a scan reads every item's ``width`` of them)."""
 _IVF = re.compile(r"ivf(\d+)_np(\d+)")
 _HNSW = re.compile(r"hnsw(\d+)_ef(\d+)")
 INDEX_HELP = "flat, sq8, fp16, bf16, ivf<nlist>_np<nprobe> (e.g. ivf1024_np16) or hnsw<M>_ef<efSearch> (e.g. hnsw32_ef64)"

@@ -1,11 +1,11 @@
 """Latency of many architectures timed together, in interleaved rounds: one figure per architecture.
 
 Every consumer (search, export) uses the same measurement of the same architecture, so two students of
-one architecture can never be told apart by measurement noise. Each call is scoring + top-K with the
-serving kernel of :class:`kdtune.model.kernels.ItemIndex` on random tables (latency depends on shapes
-and precision, not on trained values), or a search of the architecture's Faiss index
-(:mod:`kdtune.serving.index`), built over the item table ``tables(dim, n_items)`` gives: an approximate
-index's speed depends on how the items are spread, so a run passes tables drawn like its trained ones.
+one architecture can never be told apart by measurement noise. Each call is a search of the
+architecture's Faiss index (:mod:`kdtune.serving.index`; ``flat`` for exact float32 inner product), built
+over the item table ``tables(dim, n_items)`` gives: latency depends on shapes and the index, not on trained
+values, except that an approximate index's speed depends on how the items are spread, so a run passes
+tables drawn like its trained ones.
 """
 
 from __future__ import annotations
@@ -17,20 +17,18 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import torch
+import numpy as np
 
-from kdtune.model.kernels import ItemIndex
 from kdtune.serving.arch import Arch, arch_key, parse_arch
 from kdtune.serving.catalog import Tables, gaussian_tables
-from kdtune.serving.index import IndexSpec, augment_users, build_index, index_bytes
-from kdtune.serving.timing import analytic_cost
+from kdtune.serving.index import augment_users, build_index, index_bytes
+from kdtune.serving.timing import analytic_cost, faiss_threads
 
 
 def profile_interleaved(
     archs: Iterable[int | str | Sequence[Any]],
     n_items: int,
     k: int = 20,
-    device: str = "cpu",
     threads: int | None = 1,
     rounds: int = 7,
     runs: int = 50,
@@ -50,18 +48,18 @@ def profile_interleaved(
     more). A visit starts with one untimed call (the previous architecture evicted this one's table from
     cache) unless a call takes > 50 ms, where tables far exceed any cache. When one call per visit does
     not fit, fewer rounds are run: at least 3 at batch 1; at larger batches, if not one round fits, the
-    estimating call (made in sequence) is the figure, with no spread. Each call is scoring + top-``k``
-    with the serving kernel of ``ItemIndex`` on random tables (latency depends on shapes and precision,
-    not on trained values); an architecture with an index searches it (built once, over ``tables(dim,
-    n_items)``, Gaussian by default) with Faiss on the same number of threads.
+    estimating call (made in sequence) is the figure, with no spread. Each call searches the
+    architecture's index (built once, over ``tables(dim, n_items)``, Gaussian by default) for the top
+    ``k`` of a batch of random user vectors, the same ones for every index of a dim, on ``threads`` of
+    Faiss's threads (``None``: the current count).
 
-    Returns per architecture: ``dim``, ``precision``, ``index`` (its spec, or None), ``n_items``, ``k``, ``device``, ``threads``,
-    ``macs_per_query``, ``bytes_per_query`` (``analytic_cost`` at that precision), and, if 1 is among
-    ``batch_sizes`` (the default; leave it out only to time big batches alone), at batch 1
-    ``latency_ms`` (median of the round medians), ``latency_spread_ms`` (interquartile range of the round
-    medians; ``None`` with fewer than 2 rounds), ``latency_p95_ms`` (p95 of all timed batch-1 calls),
-    ``latency_rounds`` and ``latency_runs`` (timed calls in all); for each other batch size B
-    ``latency_bB_ms``, ``latency_bB_spread_ms``, ``latency_bB_per_user_us`` and ``latency_bB_rounds``.
+    Returns per architecture: ``dim``, ``index``, ``n_items``, ``k``, ``threads``, ``macs_per_query`` and
+    ``bytes_per_query`` (``analytic_cost``: None for an approximate index), ``bytes`` (the serialized
+    index), and, if 1 is among ``batch_sizes`` (the default; leave it out only to time big batches
+    alone), at batch 1 ``latency_ms`` (median of the round medians), ``latency_spread_ms`` (interquartile
+    range of the round medians; ``None`` with fewer than 2 rounds), ``latency_p95_ms`` (p95 of all timed
+    batch-1 calls), ``latency_rounds`` and ``latency_runs`` (timed calls in all); for each other batch
+    size B ``latency_bB_ms``, ``latency_bB_spread_ms``, ``latency_bB_per_user_us`` and ``latency_bB_rounds``.
     """
     parsed = list(dict.fromkeys(parse_arch(a) for a in archs))
     if not parsed:
@@ -70,102 +68,50 @@ def profile_interleaved(
         raise ValueError(f"k must be in [1, n_items={n_items}], got {k}")
     if rounds < 1 or runs < 1 or warmup < 1:
         raise ValueError("rounds, runs and warmup must be >= 1")
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    gen = torch.Generator().manual_seed(seed)
     sizes = tuple(sorted({int(b) for b in batch_sizes}))
     if not sizes or sizes[0] < 1:
         raise ValueError(f"batch_sizes must be positive, got {batch_sizes}")
+    tables = tables or gaussian_tables(seed)
     keys = [arch_key(*a) for a in parsed]
-    indexes = {key: _serving_index(a, n_items, gen, dev, tables or gaussian_tables(seed))
-               for key, a in zip(keys, parsed, strict=True)}
-    # The same user vectors for every precision of a dim: only the kernel differs between them.
-    users = {(a.dim, b): torch.randn(b, a.dim, generator=gen).mul_(0.1).to(dev) for a in parsed for b in sizes}
-    queries = {(key, b): augment_users(users[(a.dim, b)].cpu().numpy(), int(indexes[key].d))
-               for key, a in zip(keys, parsed, strict=True) if a.index is not None for b in sizes}
+    indexes = {key: build_index(a.index, *tables(a.dim, n_items), seed=seed) for key, a in zip(keys, parsed, strict=True)}
+    rng = np.random.default_rng(seed)
+    users = {(a.dim, b): rng.standard_normal((b, a.dim), np.float32) * 0.1 for a in parsed for b in sizes}
+    queries = {(key, b): augment_users(users[(a.dim, b)], int(indexes[key].d))
+               for key, a in zip(keys, parsed, strict=True) for b in sizes}
 
-    def call(key: str, dim: int, b: int) -> float:
-        index = indexes[key]
-        if cuda:
-            torch.cuda.synchronize(dev)
+    def call(key: str, b: int) -> float:
         t0 = time.perf_counter_ns()
-        if isinstance(index, ItemIndex):
-            index.topk(users[(dim, b)], k)
-        else:
-            index.search(queries[(key, b)], k)
-        if cuda:
-            torch.cuda.synchronize(dev)
+        indexes[key].search(queries[(key, b)], k)
         return (time.perf_counter_ns() - t0) / 1e6
 
+    import faiss
+
+    n_threads = faiss.omp_get_max_threads() if threads is None else int(threads)
     order = random.Random(seed)
-    out = {key: _record_of(a, indexes[key], n_items, k, dev) for key, a in zip(keys, parsed, strict=True)}
-    prev_threads = torch.get_num_threads()
-    n_threads = prev_threads if threads is None else int(threads)
-    visits = list(zip(keys, [a.dim for a in parsed], strict=True))
-    try:
-        torch.set_num_threads(n_threads)
-        with torch.inference_mode(), _faiss_threads(n_threads):
-            for b in sizes:
-                budget_ms = max_seconds / len(sizes) * 1e3
-                medians, pooled, n_rounds = _rounds(call, visits, b, budget_ms, rounds, runs, warmup, order)
-                _record(out, b, medians, pooled, n_rounds)
-    finally:
-        torch.set_num_threads(prev_threads)
+    out = {key: _record_of(a, indexes[key], n_items, k) for key, a in zip(keys, parsed, strict=True)}
+    with faiss_threads(n_threads):
+        for b in sizes:
+            budget_ms = max_seconds / len(sizes) * 1e3
+            medians, pooled, n_rounds = _rounds(call, keys, b, budget_ms, rounds, runs, warmup, order)
+            _record(out, b, medians, pooled, n_rounds)
     for rec in out.values():
         rec["threads"] = n_threads
     return out
 
 
-def _serving_index(arch: Arch, n_items: int, gen: torch.Generator, dev: torch.device, tables: Tables) -> Any:
-    """kdtune's kernel at the arch's precision on random tables, or the arch's Faiss index over ``tables``."""
-    if arch.index is None:
-        return ItemIndex.from_float(torch.randn(n_items, arch.dim, generator=gen).mul_(0.1),
-                                    torch.randn(n_items, generator=gen).mul_(0.01), arch.precision, dev)
-    items, bias = tables(arch.dim, n_items)
-    return build_index(arch.index, items, bias)
+def _record_of(arch: Arch, index: Any, n_items: int, k: int) -> dict[str, Any]:
+    """The fixed part of an architecture's record: its shape, its analytic cost (an exact index reads every
+    row once; an IVF or HNSW search reads a data-dependent part of it, so its cost is None) and its bytes."""
+    macs, nbytes = analytic_cost(arch.dim, n_items, arch.index)
+    return {"dim": arch.dim, "index": arch.index, "n_items": n_items, "k": k, "macs_per_query": macs,
+            "bytes_per_query": nbytes, "bytes": index_bytes(index)}
 
 
-def _record_of(arch: Arch, index: Any, n_items: int, k: int, dev: torch.device) -> dict[str, Any]:
-    """The fixed part of an architecture's record: its shape, and its analytic cost where one is defined
-    (kdtune's kernels; a scalar-quantised or flat index reads the index, every row once; an IVF or HNSW
-    search reads a data-dependent part of it, so its cost is left as None)."""
-    rec = {"dim": arch.dim, "precision": arch.precision, "index": arch.index, "n_items": n_items, "k": k,
-           "device": str(dev)}
-    if arch.index is None:
-        macs, nbytes = analytic_cost(arch.dim, n_items, arch.precision)
-    elif IndexSpec.parse(arch.index).exact:
-        macs, nbytes = n_items * (arch.dim + 1), index_bytes(index) + (arch.dim + 1) * 4
-    else:
-        macs = nbytes = None
-    rec.update(macs_per_query=macs, bytes_per_query=nbytes, bytes=None if arch.index is None else index_bytes(index))
-    return rec
-
-
-class _faiss_threads:
-    """Faiss's OpenMP threads fixed to ``n`` inside the block, restored after."""
-
-    def __init__(self, n: int):
-        self.n, self.prev = n, None
-
-    def __enter__(self):
-        import faiss
-
-        self.prev = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        import faiss
-
-        faiss.omp_set_num_threads(self.prev)
-
-
-def _rounds(call: Callable[[str, int, int], float], visits: list[tuple[str, int]], b: int, budget_ms: float,
-            rounds: int, runs: int, warmup: int, order: random.Random
-            ) -> tuple[dict[str, list[float]], dict[str, list[float]], int]:
+def _rounds(call: Callable[[str, int], float], keys: list[str], b: int, budget_ms: float, rounds: int, runs: int,
+            warmup: int, order: random.Random) -> tuple[dict[str, list[float]], dict[str, list[float]], int]:
     """Interleaved rounds at batch ``b``: each round visits every architecture once, in a shuffled order.
     Returns each architecture's round medians, all its timed calls, and the number of rounds."""
-    keys = [key for key, _ in visits]
-    est = {key: min(call(key, d, b) for _ in range(warmup if b == 1 else 1)) for key, d in visits}
+    est = {key: min(call(key, b) for _ in range(warmup if b == 1 else 1)) for key in keys}
     affordable = budget_ms / sum(est.values())  # rounds of one call per architecture
     n_rounds = rounds if affordable >= rounds else max(3 if b == 1 else 0, int(affordable))
     # Each architecture gets an equal share of a round's time: fast ones take more calls.
@@ -180,13 +126,13 @@ def _rounds(call: Callable[[str, int, int], float], visits: list[tuple[str, int]
             medians[key].append(est[key])
             pooled[key].append(est[key])
         return medians, pooled, 1
-    visits = list(visits)
+    visits = list(keys)
     for _ in range(n_rounds):
         order.shuffle(visits)
-        for key, d in visits:
+        for key in visits:
             if est[key] < 50.0:
-                call(key, d, b)
-            times = [call(key, d, b) for _ in range(per_visit[key])]
+                call(key, b)
+            times = [call(key, b) for _ in range(per_visit[key])]
             medians[key].append(statistics.median(times))
             pooled[key].extend(times)
     return medians, pooled, n_rounds
@@ -219,11 +165,11 @@ def _iqr(values: list[float]) -> float | None:
 def order_contradictions(profiles: dict[str, dict[str, Any]], batch: int = 1) -> list[str]:
     """Pairs whose measured latency order contradicts their analytic cost, one readable line each.
 
-    Only pairs that share a dim or a precision are compared (other pairs follow from those). ``a``
+    Only pairs that share a dim or an index are compared (other pairs follow from those). ``a``
     contradicts ``b`` when ``a`` costs no more than ``b`` in both bytes and multiply-adds (less in one)
     yet measures slower by more than the two spreads together (a missing spread counts as 0). At
     small catalogs this is expected (fixed overhead and top-K dominate) and says the analytic cost is not
-    a proxy there; at large ones it points at a slow kernel or at a measurement accident.
+    a proxy there; at large ones it points at a slow index or at a measurement accident.
     """
     name = "latency" if batch == 1 else f"latency_b{batch}"
     lines = []
@@ -232,10 +178,7 @@ def order_contradictions(profiles: dict[str, dict[str, Any]], batch: int = 1) ->
         for kb, b in costed.items():
             cheaper = (a["bytes_per_query"] <= b["bytes_per_query"] and a["macs_per_query"] <= b["macs_per_query"]
                        and (a["bytes_per_query"], a["macs_per_query"]) != (b["bytes_per_query"], b["macs_per_query"]))  # fmt: skip
-            # kdtune's kernels and Faiss's indexes are compared within their own kind (bench/serving.py compares
-            # the two kinds): across kinds a faster kernel is a finding, not a contradiction.
-            same_kind = (a.get("index") is None) == (b.get("index") is None)
-            related = same_kind and (a["dim"] == b["dim"] or (a["precision"], a.get("index")) == (b["precision"], b.get("index")))
+            related = a["dim"] == b["dim"] or a["index"] == b["index"]
             if not (cheaper and related) or f"{name}_ms" not in a or f"{name}_ms" not in b:
                 continue
             gap = a[f"{name}_ms"] - b[f"{name}_ms"]

@@ -1,77 +1,74 @@
 """One latency figure per architecture per run: which architectures a run times, and timing them as a Ray task.
 
-Every architecture a search can produce (each student ``dim`` of the space, at each serving precision it
-searches) and the teacher's are timed **together**, in interleaved rounds (``kdtune.serving.interleaved.
-profile_interleaved``), once before the trials and once after them, while no trial runs. Trials read the
-"before" figures; the exported tables, the front and the plot use the "after" figures, and ``run.json``
-keeps both. One figure per architecture means two students of the same architecture can never be told
-apart by measurement noise.
+Every architecture a search can produce (each student ``dim`` of the space, with each index it searches,
+and ``flat``, which serves the plain students) and the teacher's are timed **together**, in interleaved
+rounds (``kdtune.serving.interleaved.profile_interleaved``), once before the trials and once after them,
+while no trial runs. Trials read the "before" figures; the exported tables, the front and the plot use the
+"after" figures, and ``run.json`` keeps both. One figure per architecture means two students of the same
+architecture can never be told apart by measurement noise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from kdtune.serving.arch import arch_key, arch_of
+from kdtune.serving.arch import DEFAULT_INDEX, arch_key, arch_of
 from kdtune.serving.catalog import trained_tables
 from kdtune.serving.interleaved import order_contradictions, profile_interleaved
 
 
 @dataclass
 class LatencyPlan:
-    """The architectures of one run and how they are timed."""
+    """The architectures of one run and how they are timed (Faiss's threads on the CPU)."""
 
     dims: list[int]
-    precisions: list[str]
+    indexes: list[str]
     teacher_dim: int
     catalog_size: int
     k: int
-    device: str = "cpu"
     threads: int = 1
-    indexes: list[str] = field(default_factory=list)
     reference: tuple[np.ndarray, np.ndarray] | None = None
     """The teacher's item table and bias: the indexes are built over tables drawn from it (projected to each
     dim, extended to the catalogue size, :func:`kdtune.serving.catalog.trained_tables`)."""
 
     def archs(self) -> list[str]:
-        """Every student architecture of the space, then the teacher's (``arch_key`` strings). A space that
-        searches indexes also times each dim on kdtune's fp32 kernel: the plain students are served so."""
-        students = [arch_key(d, p) for d in self.dims for p in self.precisions]
-        students += [arch_key(d, index=i) for d in self.dims for i in self.indexes]
+        """Every student architecture of the space, then the teacher's (``arch_key`` strings). Each dim is
+        also timed with ``flat``: the plain students are served so."""
+        students = [arch_key(d, i) for d in self.dims for i in dict.fromkeys([*self.indexes, DEFAULT_INDEX])]
         return list(dict.fromkeys([*students, self.teacher_key()]))
 
     def teacher_key(self) -> str:
-        return arch_key(self.teacher_dim, "fp32")
+        return arch_key(self.teacher_dim)
 
     def record(self) -> dict:
         """What ``run.json`` says about how latency was measured (the figures are added under
         ``before`` and ``after``)."""
-        record = {"catalog_size": self.catalog_size, "k": self.k, "device": self.device, "threads": self.threads,
+        record = {"catalog_size": self.catalog_size, "k": self.k, "device": "cpu", "threads": self.threads,
                   "batch": 1, "archs": self.archs(), "teacher": self.teacher_key()}
-        if self.indexes:
+        if self.reference is not None:
             record["index_tables"] = ("the teacher's item table projected to each dim; rows beyond the data's "
                                       "catalogue drawn from it (a random row plus noise of 0.25 x each column's std)")
         return record
 
     def measure(self) -> dict:
-        """Time every architecture in interleaved rounds, as a Ray task when Ray is up (one CPU, or a GPU
-        share for ``cuda``), so it runs on a worker like the trials; in this process otherwise."""
+        """Time every architecture in interleaved rounds, as a Ray task when Ray is up (one CPU), so it runs
+        on a worker like the trials; in this process otherwise."""
         import ray
 
-        args = (self.archs(), self.catalog_size, self.k, self.device, self.threads, self.reference)
+        args = (self.archs(), self.catalog_size, self.k, self.threads, self.reference)
         if not ray.is_initialized():
             return _profile(*args)
-        task = ray.remote(num_cpus=1, num_gpus=0.01 if self.device == "cuda" else 0)(_profile)
+        task = ray.remote(num_cpus=1)(_profile)
         return ray.get(task.remote(*args))
 
 
-def _profile(archs: list[str], catalog: int, k: int, device: str, threads: int,
+def _profile(archs: list[str], catalog: int, k: int, threads: int,
              reference: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     tables = None if reference is None else trained_tables(*reference)
-    profiles = profile_interleaved(archs, catalog, k=k, device=device, threads=threads, tables=tables)
+    profiles = profile_interleaved(archs, catalog, k=k, threads=threads, tables=tables)
     return {"profiles": profiles, "contradictions": order_contradictions(profiles)}
 
 

@@ -29,7 +29,7 @@ class ServedStudent:
 
     @classmethod
     def from_model(cls, model: Any, spec: str, seed: int = 0) -> ServedStudent:
-        """The served form of an ``MF`` (or a ``QuantizedMF``'s float tables): its item table indexed by ``spec``."""
+        """The served form of an ``MF``: its item table indexed by ``spec``."""
         users, items, bias = _float_tables(model)
         return cls(users, build_index(spec, items, bias, seed=seed), spec)
 
@@ -80,11 +80,8 @@ def served_student(model: Any, spec: str, directory: Path | None = None, seed: i
 
 
 def _float_tables(model: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """User table, item table and item biases of an ``MF`` (or a ``QuantizedMF``'s float tables), float32 numpy."""
-    if hasattr(model, "float_tables"):
-        (users, items), bias = model.float_tables(), model.item_bias
-    else:
-        users, items, bias = model.user_emb.weight, model.item_emb.weight, model.item_bias.weight.reshape(-1)
+    """User table, item table and item biases of an ``MF``, float32 numpy."""
+    users, items, bias = model.user_emb.weight, model.item_emb.weight, model.item_bias.weight.reshape(-1)
     return tuple(t.detach().float().cpu().numpy() for t in (users, items, bias))
 
 
