@@ -375,7 +375,8 @@ def test_the_summary_is_the_last_output_of_a_search(ray_cluster, cache, tmp_path
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert lines[-1].startswith(f"Files in {tmp_path / 'run'}: "), lines[-5:]
     table = next(i for i, line in enumerate(lines) if line.startswith("Pareto front of "))
-    # after the front's title: its table, the note on small catalogues, the resources and peak memory, the file
-    # list, nothing of Ray's
-    assert all(line.startswith(("|", "At ", "barely", "Resources: ", "Peak memory: ", "Files in"))
+    # after the front's title: its table, any latency warnings, the note on small catalogues, the resources and
+    # peak memory, the file list, nothing of Ray's
+    assert all(line.startswith(("|", "Latency warnings:", "- ", "At ", "barely", "Resources: ", "Peak memory: ",
+                                "Files in"))
                for line in lines[table + 1:]), lines[table:]
