@@ -14,7 +14,7 @@ RUN = Path(__file__).resolve().parents[1] / "results" / "citeulike-a-50"
 def test_the_committed_run_yields_its_committed_front_and_left_out_trials():
     run = json.loads((RUN / "run.json").read_text())
     trials = pd.read_csv(RUN / "trials.csv")
-    baselines = with_run_latency(pd.read_csv(RUN / "baselines.csv"), _flat_keys(figures(run["latency"], "after")))
+    baselines = with_run_latency(pd.read_csv(RUN / "baselines.csv"), figures(run["latency"], "after"))
     assert baselines["latency_ms"].notna().all()
     finished = trials[trials["outcome"].eq("finished")]
     choice = choose_front(finished, baselines, run["data"]["k"])
@@ -23,10 +23,3 @@ def test_the_committed_run_yields_its_committed_front_and_left_out_trials():
     assert list(choice.front["kind"]) == list(committed["kind"])
     assert sorted(finished.loc[choice.behind, "trial_id"]) == run["behind_plain"]
     assert len(choice.every) == len(finished) + int(baselines["kind"].eq("plain").sum())
-
-
-def _flat_keys(profiles: dict) -> dict:
-    """The committed run's figures under today's architecture keys: it was timed with kdtune's own fp32
-    kernel before Faiss's ``flat`` index served every student, so its keys read ``dim=D,precision=fp32``."""
-    return {key.replace(",precision=fp32", ",index=flat"): value for key, value in profiles.items()}
-
