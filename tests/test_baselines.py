@@ -18,6 +18,21 @@ def test_a_distilled_student_must_beat_the_plain_one_of_its_size_on_every_metric
     assert behind_plain(trials, plain, ["recall@20"]).tolist() == [False, False, True, True, False, False]
 
 
+def test_plain_students_run_the_whole_budget_on_the_teachers_validation_sample():
+    """No early stop on a noisy signal: patience is the epoch budget, the best epoch is chosen on at least the
+    teacher's validation sample (all users stays all users)."""
+    from kdtune.config import TeacherSettings
+    from kdtune.search.baselines import plain_jobs, plain_signal_users
+    from kdtune.search.spacefile import load_space
+
+    space = load_space("default")
+    jobs, train_kwargs = plain_jobs(space)
+    assert train_kwargs["epochs"] == space.fixed["epochs"] and train_kwargs["patience"] == space.fixed["epochs"]
+    assert len(jobs) == 3 * len(space.dims())
+    assert plain_signal_users(256) == TeacherSettings.valid_users == 2048
+    assert plain_signal_users(0) == 0 and plain_signal_users(5000) == 5000
+
+
 def test_plain_students_trained_during_the_search_are_those_of_a_serial_run(ray_cluster, tmp_path):
     """Started as Ray tasks beside the trials, collected after them: the same rows, weights and baselines
     file as the same students trained one after another."""
