@@ -121,6 +121,8 @@ class SearchSettings:
     trials: int = setting(50, "number of students to train (Optuna trials)")
     space: str = setting("default", "search space: 'default', 'smoke' or a YAML file")
     sampler: str = setting("tpe", "Optuna sampler", choices=list(SAMPLERS))
+    warm_start: bool = setting(True, "start with one trial per loss at its reference settings (the middle dim "
+                               "and rate), so that every loss is tried before the sampler chooses")
     concurrency: int | None = setting(None, "trials at once (default: as many as the resources allow)")
     cpus_per_trial: float = setting(1.0, "CPUs reserved per trial (also its torch thread count)")
     gpus_per_trial: float | None = setting(None, "GPU share per trial, e.g. 0.25 (default: 0 without a GPU; on a "

@@ -313,3 +313,26 @@ def test_optuna_search_accepts_define_by_run() -> None:
     config = searcher.suggest("trial_1")  # no Ray cluster needed: the searcher only asks Optuna
     assert set(config) == _expected_keys(space, config["loss"])
     assert config["epochs"] == space.fixed["epochs"]
+
+
+def test_warm_start_tries_every_loss_once_at_its_reference_settings() -> None:
+    import optuna
+
+    space = load_space("default")
+    points = space.warm_start_points({name: spec.params for name, spec in LOSSES.items()})
+    assert [p["loss"] for p in points] == space.losses
+    rrd = next(p for p in points if p["loss"] == "rrd")
+    # the reference's defaults where the space allows them, the (geometric) middle of every other range
+    assert rrd["rrd_k"] == LOSSES["rrd"].params["rrd_k"] and rrd["rrd_l"] == LOSSES["rrd"].params["rrd_l"]
+    assert rrd["dim"] == 16 and rrd["rrd_weight"] == pytest.approx(0.1) and rrd["lr"] == pytest.approx((1e-3 * 3e-2) ** 0.5)
+    de = next(p for p in points if p["loss"] == "de")
+    assert de["de_experts"] == 6  # the reference's 30 is outside the space's 2-10: the middle instead
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    for point in points:
+        study.enqueue_trial(point)
+        trial = study.ask()
+        config = space.suggest(trial)
+        # every searched parameter the loss has, and only those, comes from the point
+        assert {k: v for k, v in config.items() if k not in space.fixed} == point
+        study.tell(trial, 0.0)

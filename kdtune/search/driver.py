@@ -14,6 +14,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from kdtune.config import DEFAULTS, SearchSettings, TeacherSettings, TrialSettings
 from kdtune.data.interactions import Split
+from kdtune.losses import LOSSES
 from kdtune.model.store import TeacherKnowledge
 from kdtune.report.export import export_run
 from kdtune.search.baselines import baselines_done, run_baselines, start_plain_students
@@ -172,8 +173,10 @@ def new_tuner(run: Run, trainable, res: dict) -> tune.Tuner:
     """A Tuner for a new search: Optuna proposes, the scheduler stops, the snapshot keeps Tune's state."""
     search, k = run.search, run.data.k
     concurrency = search.concurrency or run.resource_plan["trials_at_once"]
+    points = run.space.warm_start_points({n: d.params for n, d in LOSSES.items()}) if search.warm_start else []
     searcher = OptunaSearch(space=run.space.define_by_run, metric=[f"recall@{k}", "latency_ms"], mode=["max", "min"],
-                            sampler=make_sampler(search.sampler, run.data.seed, search.trials))
+                            sampler=make_sampler(search.sampler, run.data.seed, search.trials),
+                            points_to_evaluate=points[:search.trials] or None)
     print(f"Searching {search.trials} trials, {concurrency} at a time, {res} each, scheduler {search.scheduler}",
           flush=True)
     storage = run.experiment().rsplit("/", 1)[0]

@@ -35,6 +35,21 @@ class Param:
             return trial.suggest_int(self.name, self.low, self.high, log=self.log, step=self.step or 1)
         return trial.suggest_categorical(self.name, list(self.choices))
 
+    def warm_value(self, preferred: Any = None) -> Any:
+        """A first value to try: ``preferred`` (e.g. a loss's reference default) where this parameter can
+        take it, else the middle of its range (geometric on a log scale, the middle choice of a categorical)."""
+        if self.type == "categorical":
+            return preferred if preferred in self.choices else self.choices[len(self.choices) // 2]
+        if preferred is not None and not isinstance(preferred, (bool, str)) and self.low <= preferred <= self.high:
+            value = preferred
+        else:
+            value = (self.low * self.high) ** 0.5 if self.log else (self.low + self.high) / 2
+        if self.type == "int":
+            return int(round(value))
+        if self.step is not None:  # on the grid that suggest_float(step=...) allows
+            return self.low + round((value - self.low) / self.step) * self.step
+        return float(value)
+
     def active(self, config: Mapping[str, Any]) -> bool:
         """Whether every ``when`` condition holds for the top-level values in ``config``."""
         return all(key in config and config[key] in values for key, values in self.when.items())
@@ -95,6 +110,23 @@ class SearchSpace:
         and returns the ``fixed`` values as constants (Ray merges them into the config)."""
         self._suggest_searched(trial)
         return dict(self.fixed) or None
+
+    def warm_start_points(self, loss_defaults: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """One first trial per loss of the space, at the loss's reference defaults (``loss_defaults[loss]``,
+        e.g. ``LossDef.params``) where the space allows them and the middle of every other range (the middle
+        dim, a geometric-middle rate and KD weight; ``flat`` serving): with eleven losses, a sampler's random
+        start would otherwise try some of them only at a poor setting or not at all, and never again."""
+        points = []
+        for loss in self.losses:
+            config = {"loss": loss} if "loss" in self.params else {}
+            for name, p in self.params.items():
+                if name != "loss":
+                    config[name] = p.warm_value("flat" if name == "index" else None)
+            for name, p in self.conditional.items():
+                if p.active({**config, **self.fixed}):
+                    config[name] = p.warm_value(loss_defaults.get(loss, {}).get(name))
+            points.append(config)
+        return points
 
     def active_params(self, config: Mapping[str, Any]) -> list[str]:
         """Names of the searched params a config with these top-level values has (in suggestion order)."""
