@@ -159,12 +159,12 @@ def run_baselines(run: Run, knowledge: TeacherKnowledge, pending: PendingPlain |
     else:
         rows = serial_plain_rows(run.split, run.space, run.data.k, run.data.seed,
                                  int((run.resources_per_trial or {}).get("cpu", 1)), run.search.valid_users,
-                                 run.catalog_size)
+                                 run.search.catalog_size)
     run.peak_memory = {**(run.peak_memory or {}), "plain_rss_gb": largest(rows, "peak_rss_gb")}
     plain, weights = best_plain(rows, run.data.k)
     for trial_id, (arch, state) in weights.items():
         save_model(MF.from_state(arch, state), run.dir / "students" / trial_id)
-    teacher = teacher_row(knowledge, run.split, run.data.k, run.catalog_size)
+    teacher = teacher_row(knowledge, run.split, run.data.k, run.search.catalog_size)
     baselines = pd.concat([pd.DataFrame([teacher]), plain], ignore_index=True)
     baselines.to_csv(run.dir / BASELINES_FILE, index=False)
     return baselines
