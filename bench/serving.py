@@ -4,7 +4,7 @@ The trained tables are those of the 64-dim BPR teacher of CiteULike-a (seed-0 sp
 trained there when absent); a smaller dim projects its user and item tables on the item table's leading
 principal directions (``--students N`` trains a BPR student of each dim for N epochs instead). The item
 table is extended to each catalogue size with rows drawn from its own distribution (``kdtune.serving.catalog.trained_tables``: a
-random trained row plus noise of 0.25 x each column's std). At each (catalogue, dim) every index is
+Gaussian with the mean and covariance of the rows ``[q_i, b_i]``). At each (catalogue, dim) every index is
 timed with ``profile_interleaved`` (all together, interleaved shuffled rounds, one thread, top-``--k``):
 ``flat`` (IndexFlatIP, exact float32), ``sq8``/``fp16``/``bf16`` (IndexScalarQuantizer), IVF and HNSW.
 Ratios are against ``flat`` in the same rounds. (This benchmark is where kdtune's own serving kernels were

@@ -134,7 +134,8 @@ class SearchSettings:
     address: str | None = setting(None, "connect to an existing Ray cluster ('auto' or host:port)")
     dashboard_host: str = setting("127.0.0.1", "interface the Ray dashboard binds to (local cluster only)")
     dashboard_port: int = setting(8265, "Ray dashboard port (local cluster only)")
-    catalog_size: int | None = setting(None, "catalogue size the latency is measured at (default: the data's)")
+    catalog_size: int | None = setting(None, "catalogue size students are served at: latency, and when larger than "
+                                       "the data's, recall over its items plus drawn ones (default: the data's)")
     latency_threads: int = setting(1, "CPU threads of the latency benchmark (Faiss's, on the CPU)")
     teacher_dim: int = setting(TeacherSettings.dim, "teacher embedding size")
     teacher_epochs: int = setting(TeacherSettings.epochs, "teacher epoch budget (the best epoch on validation "
@@ -164,3 +165,6 @@ class TrialSettings:
     # trial): every trial, baseline and table of the run uses these figures.
     latency: dict = field(default_factory=dict)
     valid_users: int = DEFAULTS.valid_users
+    # A finished student's metrics are measured through its index at this many items (its own table and
+    # drawn rows, kdtune.serving.catalog); None or the data's size: the data's items only.
+    catalog_size: int | None = None

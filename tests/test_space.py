@@ -50,7 +50,7 @@ def _replace(old: str, new: str) -> str:
     return VALID.replace(old, new)
 
 
-@pytest.mark.parametrize("name", ["default", "smoke", "fast"])
+@pytest.mark.parametrize("name", ["default", "smoke", "fast", "serving"])
 def test_packaged_spaces_load_and_are_the_repo_copies(name: str) -> None:
     repo_copy = ROOT / "search_spaces" / f"{name}.yaml"
     assert not (ROOT / "kdtune" / "spaces").exists()  # one copy only
@@ -88,6 +88,15 @@ def test_default_space_contents() -> None:
     for name in space.losses:
         assert set(LOSSES[name].params) - at_defaults <= searched, name
     assert space.conditional["cd_guide"].choices == ("teacher", "student", "hybrid")
+
+
+def test_serving_space_searches_exact_and_approximate_indexes() -> None:
+    from kdtune.serving.index import IndexSpec
+
+    space = load_space("serving")
+    specs = [IndexSpec.parse(i) for i in space.indexes()]
+    assert specs[0].name == "flat" and sum(not s.exact for s in specs) >= 2
+    assert 64 in space.dims() and max(space.dims()) <= 64  # up to the teacher's size
 
 
 def test_smoke_space_is_small() -> None:
@@ -251,7 +260,7 @@ def _expected_keys(space: SearchSpace, loss: str) -> set[str]:
     return keys | {n for n, p in space.conditional.items() if loss in p.when.get("loss", (loss,))}
 
 
-@pytest.mark.parametrize("name", ["default", "smoke", "fast"])
+@pytest.mark.parametrize("name", ["default", "smoke", "fast", "serving"])
 def test_suggest_conditional_keys(name: str) -> None:
     space = load_space(name)
     study = optuna.create_study(

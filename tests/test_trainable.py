@@ -31,7 +31,8 @@ def test_restored_finished_trial_reports_its_saved_result_without_training(tmp_p
     assert reported == [(metrics, MF(5, 7, 4).arch())]
 
 
-def test_a_trial_served_through_an_index_is_scored_through_it_and_keeps_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("catalog", [None, 1000])
+def test_a_trial_served_through_an_index_is_scored_through_it_and_keeps_it(tmp_path, monkeypatch, catalog):
     import numpy as np
     import torch
 
@@ -73,18 +74,24 @@ def test_a_trial_served_through_an_index_is_scored_through_it_and_keeps_it(tmp_p
             return None
 
     config = {"loss": "mse_diff", "dim": 8, "lr": 0.01, "alpha": 0.5, "index": "hnsw8_ef16"}
-    trainable.train_student(config, knowledge=Knowledge(), split=split, settings=TrialSettings(k=5, seed=0, cpus_per_trial=1))
+    settings = TrialSettings(k=5, seed=0, cpus_per_trial=1, catalog_size=catalog)
+    trainable.train_student(config, knowledge=Knowledge(), split=split, settings=settings)
     (metrics, files), = reported
-    served = ServedStudent.from_model(student, "hnsw8_ef16")
-    assert metrics["recall@5"] == evaluate(served.scorer(split.train, 5), split.train, split.valid, ks=(5,))["recall@5"]
+    # at a larger catalogue: its own 200 items and 800 drawn rows, through its index and through flat
+    served = ServedStudent.from_model(student, "hnsw8_ef16", catalog_size=catalog)
+    exact = ServedStudent.from_model(student, "flat", catalog_size=catalog)
+    assert served.n_items == (catalog or 200)
+    for prefix, model in (("", served), ("exact_", exact)):
+        assert metrics[f"{prefix}recall@5"] == evaluate(model.scorer(split.train, 5), split.train, split.valid,
+                                                        ks=(5,))["recall@5"]
     assert metrics["index"] == "hnsw8_ef16" and metrics["bytes"] == served.n_bytes()
     assert SERVED_INDEX_FILE in files
     save_model(student, tmp_path)
     from kdtune.serving.served import save_served_index
 
     save_served_index(served, tmp_path)
-    again = served_student(student, "hnsw8_ef16", tmp_path)
-    assert again.index.ntotal == 200 and torch.is_tensor(torch.zeros(1))
+    again = served_student(student, "hnsw8_ef16", tmp_path, catalog_size=catalog)
+    assert again.index.ntotal == (catalog or 200) and torch.is_tensor(torch.zeros(1))
 
 
 def _trial_that_may_run_out_of_memory(config, knowledge, split, settings):

@@ -4,6 +4,11 @@ Each front member with weights is written to ``DIR/<trial_id>/`` (:mod:`kdtune.s
 and seen items in safetensors, the item index by ``faiss.write_index``, a JSON manifest) with the index it
 was served through in the run (its ``index`` column), and ``DIR/manifest.json``
 lists the members with their figures. Seen items are each user's training and validation items.
+
+A deployable student holds the data's items only. A run served at a larger catalogue (``--catalog-size``)
+measured its figures over those items plus drawn rows (:mod:`kdtune.serving.catalog`), which are no items
+to recommend: the member's manifest says so (``figures_catalog_size``, ``figures_items``), and its index
+(the same spec) is built over the data's items.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from kdtune.data.interactions import Interactions
 from kdtune.model.store import load_model
 from kdtune.search.run import Run
 from kdtune.serving.arch import index_of
+from kdtune.serving.catalog import DRAWN_ROWS
 from kdtune.serving.deploy import write_student
 from kdtune.serving.served import served_student
 
@@ -41,11 +47,18 @@ def write_deployables(run: Run, front: pd.DataFrame, out: str | Path) -> list[Pa
         figures = {key: _plain(row[key]) for key in (*FIGURES, f"test_recall@{run.data.k}", f"test_ndcg@{run.data.k}")
                    if key in row}
         written.append(write_student(served, indptr, indices, list(user_ids), list(item_ids), out / name,
-                                     trial_id=name, k=run.data.k, figures=figures))
+                                     trial_id=name, k=run.data.k, figures=figures, **measured_at(run)))
         members.append({"dir": name, "index": served.spec.name, **figures})
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").write_text(json.dumps({"run": run.dir.name, "members": members}, indent=1))
     return written
+
+
+def measured_at(run: Run) -> dict:
+    """Where a member's figures were measured: the run's catalogue size and what its items were."""
+    n_data = run.interactions.n_items
+    items = "the data's" if run.catalog_size <= n_data else f"the data's {n_data:,} and {DRAWN_ROWS}"
+    return {"figures_catalog_size": run.catalog_size, "figures_items": items}
 
 
 def seen_csr(*parts: Interactions) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ from kdtune.report.tables import plot_front, write_front
 from kdtune.search.pareto import default_reference, hypervolume
 from kdtune.search.run import BASELINES_FILE, FINISHED, INCOMPLETE, Run
 from kdtune.serving.arch import index_of
+from kdtune.serving.catalog import DRAWN_ROWS
 from kdtune.serving.plan import figures, with_run_latency
 from kdtune.serving.served import served_student
 from kdtune.train.evaluate import test_scores
@@ -33,13 +34,13 @@ log = logging.getLogger("kdtune")
 
 STOPPED, ERROR = "stopped", "error"
 FRONT_COLUMNS = ["kind", "trial_id", "loss", "dim", "index", "lr", "alpha", "T", "loss_params", "recall@K",
-                 "ndcg@K", "test_recall@K", "test_ndcg@K", "plain_test_ndcg@K", "gain_vs_plain_ndcg@K", "latency_ms",
-                 "latency_spread_ms", "latency_p95_ms", "latency_b256_ms", "params", "bytes", "size_vs_teacher", "speedup_vs_teacher",
-                 "best_epoch", "epochs_run", "weights"]
+                 "ndcg@K", "exact_recall@K", "test_recall@K", "test_ndcg@K", "plain_test_ndcg@K",
+                 "gain_vs_plain_ndcg@K", "latency_ms", "latency_spread_ms", "latency_p95_ms", "latency_b256_ms",
+                 "params", "bytes", "size_vs_teacher", "speedup_vs_teacher", "best_epoch", "epochs_run", "weights"]
 BASELINE_COLUMNS = ["kind", "model", "dim", "index", "lr", "recall@K", "ndcg@K", "test_recall@K", "test_ndcg@K",
                     "latency_ms", "latency_spread_ms", "params", "bytes"]
-SUMMARY_COLUMNS = ["kind", "trial_id", "loss", "dim", "index", "test_recall@K", "test_ndcg@K",
-                   "gain_vs_plain_ndcg@K", "latency_ms", "bytes", "size_vs_teacher"]
+SUMMARY_COLUMNS = ["kind", "trial_id", "loss", "dim", "index", "recall@K", "exact_recall@K", "test_recall@K",
+                   "test_ndcg@K", "gain_vs_plain_ndcg@K", "latency_ms", "bytes", "size_vs_teacher"]
 
 
 @dataclass
@@ -155,9 +156,9 @@ def scored_front(run: Run, front: pd.DataFrame, baselines: pd.DataFrame, checkpo
 
 
 def _test_scores(model, row: dict, directory: Path, run: Run) -> dict:
-    """A front member scored on test, through the index it is served with (the trial's own, kept with its
-    weights)."""
-    served = served_student(model, index_of(row), directory, seed=run.data.seed)
+    """A front member scored on test, through the index it is served with at the run's catalogue (the
+    trial's own when it kept one with its weights, else built again the same way)."""
+    served = served_student(model, index_of(row), directory, seed=run.data.seed, catalog_size=run.catalog_size)
     return test_scores(served.scorer([run.split.train, run.split.valid], run.data.k), run.split, run.data.k)
 
 
@@ -172,7 +173,17 @@ def _loss_params(row: dict) -> dict:
 def latency_note(run: Run) -> str:
     return (f"Latency: a Faiss search of the student's index for one user's top-{run.data.k} of "
             f"{run.catalog_size:,} items, CPU, {run.search.latency_threads} thread(s), one figure per architecture "
-            "(median of interleaved rounds after the search; spread = IQR of the rounds).")
+            "(median of interleaved rounds after the search; spread = IQR of the rounds)." + catalog_note(run))
+
+
+def catalog_note(run: Run) -> str:
+    """What the items beyond the data's catalogue are, when the run serves more (empty otherwise)."""
+    n_data = run.interactions.n_items
+    if run.catalog_size <= n_data:
+        return ""
+    return (f" Recall and NDCG are measured through each model's index over its own {n_data:,} items and "
+            f"{run.catalog_size - n_data:,} more ({DRAWN_ROWS}); exact_recall@{run.data.k} is the same weights "
+            "through flat at that size.")
 
 
 def write_tables(run: Run, front: pd.DataFrame, baselines: pd.DataFrame, finished: pd.DataFrame) -> list[Path]:
@@ -230,8 +241,10 @@ def summary(run: Run, choice: FrontChoice, front: pd.DataFrame, finished: pd.Dat
     n_plain = int(choice.every["kind"].eq(PLAIN).sum())
     table = (f"\nPareto front of {len(finished)} finished trials and {n_plain} plain students "
              f"({int(choice.behind.sum())} trials left out: behind the plain student of their size on validation "
-             f"recall@{k} or ndcg@{k}); test split; latency at {catalog:,} items:\n\n"
+             f"recall@{k} or ndcg@{k}); validation recall@{k}, then the test split; latency at {catalog:,} items:\n\n"
              + front[_shown(front, _at_k(SUMMARY_COLUMNS, k))].to_markdown(index=False, floatfmt=".4g"))
+    if note := catalog_note(run):
+        table += "\n\n" + note.strip()
     warnings = (run.latency or {}).get("after", {}).get("contradictions", [])
     if warnings:
         table += "\n\nLatency warnings:\n" + "\n".join(f"- {w}" for w in warnings)

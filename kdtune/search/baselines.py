@@ -45,7 +45,7 @@ def plain_id(dim: int) -> str:
 
 
 def _plain_task(split: Split, dim: int, lr: float, train_kwargs: dict, k: int, seed: int, threads: int,
-                valid_users: int) -> dict:
+                valid_users: int, catalog_size: int | None = None) -> dict:
     import ray
     import torch
 
@@ -54,8 +54,8 @@ def _plain_task(split: Split, dim: int, lr: float, train_kwargs: dict, k: int, s
     model, fit = distill(None, None, split.train, split.valid, dim, "bpr", seed=seed, lr=lr, k=k,
                          device=device, valid_users=plain_signal_users(valid_users), rescore_best=False,
                          **train_kwargs)
-    # Scored like a trial: through the index it is served from, over all validation users.
-    served = ServedStudent.from_model(model.cpu(), DEFAULT_INDEX, seed=seed)
+    # Scored like a trial: through the index it is served from, at the run's catalogue, over all validation users.
+    served = ServedStudent.from_model(model.cpu(), DEFAULT_INDEX, seed=seed, catalog_size=catalog_size)
     valid = evaluate(served.scorer(split.train, k), split.train, split.valid, ks=(k,))
     return {"dim": dim, "lr": lr, f"recall@{k}": valid[f"recall@{k}"], f"ndcg@{k}": valid[f"ndcg@{k}"],
             **_test_scores(served, split, k), "params": model.n_params(), "bytes": served.n_bytes(),
@@ -107,22 +107,24 @@ class PendingPlain:
 
 
 def start_plain_students(split_ref, space: SearchSpace, k: int, seed: int, resources: dict,
-                         valid_users: int = DEFAULTS.valid_users) -> PendingPlain:
+                         valid_users: int = DEFAULTS.valid_users, catalog_size: int | None = None) -> PendingPlain:
     """Start every plain student as a Ray task of one trial's size (``resources``), to run beside the trials."""
     import ray
 
     jobs, train_kwargs = plain_jobs(space)
     threads = max(1, int(resources.get("cpu", 1)))
     task = ray.remote(num_cpus=resources.get("cpu", 1), num_gpus=resources.get("gpu", 0))(_plain_task)
-    refs = [task.remote(split_ref, dim, lr, train_kwargs, k, seed, threads, valid_users) for dim, lr in jobs]
+    refs = [task.remote(split_ref, dim, lr, train_kwargs, k, seed, threads, valid_users, catalog_size)
+            for dim, lr in jobs]
     return PendingPlain(jobs, refs)
 
 
 def serial_plain_rows(split: Split, space: SearchSpace, k: int, seed: int, threads: int = 1,
-                      valid_users: int = DEFAULTS.valid_users) -> list[dict]:
+                      valid_users: int = DEFAULTS.valid_users, catalog_size: int | None = None) -> list[dict]:
     """The same rows as :func:`start_plain_students`, trained here one after another."""
     jobs, train_kwargs = plain_jobs(space)
-    return [_plain_task(split, dim, lr, train_kwargs, k, seed, threads, valid_users) for dim, lr in jobs]
+    return [_plain_task(split, dim, lr, train_kwargs, k, seed, threads, valid_users, catalog_size)
+            for dim, lr in jobs]
 
 
 def best_plain(rows: list[dict], k: int) -> tuple[pd.DataFrame, dict[str, tuple[dict, dict]]]:
@@ -142,13 +144,15 @@ def best_plain(rows: list[dict], k: int) -> tuple[pd.DataFrame, dict[str, tuple[
     return best, weights
 
 
-def teacher_row(knowledge: TeacherKnowledge, split: Split, k: int) -> dict:
-    """The teacher's validation figures (from its training) and its single test scoring, through ``flat``."""
+def teacher_row(knowledge: TeacherKnowledge, split: Split, k: int, catalog_size: int | None = None) -> dict:
+    """The teacher scored like a student: on validation (all users) and once on test, through ``flat`` at
+    the run's catalogue."""
     teacher = knowledge.model()
-    served = ServedStudent.from_model(teacher, DEFAULT_INDEX)
+    served = ServedStudent.from_model(teacher, DEFAULT_INDEX, catalog_size=catalog_size)
+    valid = evaluate(served.scorer(split.train, k), split.train, split.valid, ks=(k,))
     return {"trial_id": TEACHER, "kind": TEACHER, "model": f"teacher dim={teacher.dim}", "loss": "bpr",
-            "dim": teacher.dim, "index": DEFAULT_INDEX, f"recall@{k}": knowledge.valid_metrics.get(f"recall@{k}"),
-            f"ndcg@{k}": knowledge.valid_metrics.get(f"ndcg@{k}"), **_test_scores(served, split, k),
+            "dim": teacher.dim, "index": DEFAULT_INDEX, f"recall@{k}": valid[f"recall@{k}"],
+            f"ndcg@{k}": valid[f"ndcg@{k}"], **_test_scores(served, split, k),
             "params": teacher.n_params(), "bytes": served.n_bytes()}
 
 
@@ -167,11 +171,13 @@ def run_baselines(run: Run, knowledge: TeacherKnowledge, pending: PendingPlain |
         rows = pending.rows()
     else:
         rows = serial_plain_rows(run.split, run.space, run.data.k, run.data.seed,
-                                 int((run.resources_per_trial or {}).get("cpu", 1)), run.search.valid_users)
+                                 int((run.resources_per_trial or {}).get("cpu", 1)), run.search.valid_users,
+                                 run.search.catalog_size)
     run.peak_memory = {**(run.peak_memory or {}), "plain_rss_gb": largest(rows, "peak_rss_gb")}
     plain, weights = best_plain(rows, run.data.k)
     for trial_id, (arch, state) in weights.items():
         save_model(MF.from_state(arch, state), run.dir / "students" / trial_id)
-    baselines = pd.concat([pd.DataFrame([teacher_row(knowledge, run.split, run.data.k)]), plain], ignore_index=True)
+    teacher = teacher_row(knowledge, run.split, run.data.k, run.search.catalog_size)
+    baselines = pd.concat([pd.DataFrame([teacher]), plain], ignore_index=True)
     baselines.to_csv(run.dir / BASELINES_FILE, index=False)
     return baselines

@@ -56,7 +56,8 @@ def run_search(run: Run, resumed: bool) -> str:
     if "before" not in run.latency:
         measure_latency(run, plan, "before")
     trial_settings = TrialSettings(k=k, seed=run.data.seed, cpus_per_trial=run.search.cpus_per_trial,
-                                   latency=run.latency["before"]["profiles"], valid_users=run.search.valid_users)
+                                   latency=run.latency["before"]["profiles"], valid_users=run.search.valid_users,
+                                   catalog_size=run.catalog_size)
     # with_parameters puts the teacher and the split in the object store once for all trials.
     trainable = tune.with_resources(
         tune.with_parameters(train_student, knowledge=knowledge, split=split_ref, settings=trial_settings), res)
@@ -64,7 +65,7 @@ def run_search(run: Run, resumed: bool) -> str:
     run.save()
     # The plain students train as tasks beside the trials (on the cores the trials leave free), not after them.
     pending = None if baselines_done(run) else start_plain_students(
-        split_ref, run.space, k, run.data.seed, res, run.search.valid_users)
+        split_ref, run.space, k, run.data.seed, res, run.search.valid_users, run.catalog_size)
 
     t0 = time.perf_counter()
     tuner = restored_tuner(run, trainable) if resumed else None

@@ -17,7 +17,7 @@ from kdtune.errors import TrialOutOfMemory
 from kdtune.losses import get_loss
 from kdtune.model.store import TeacherKnowledge, save_model
 from kdtune.search.memory import peak_memory
-from kdtune.serving.arch import arch_of, index_of
+from kdtune.serving.arch import DEFAULT_INDEX, arch_of, index_of
 from kdtune.serving.served import ServedStudent, save_served_index
 from kdtune.train.evaluate import evaluate
 from kdtune.train.fit import distill
@@ -56,8 +56,10 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
     rung. The last report (``final: True``) carries the best epoch's metrics and the student's checkpoint;
     a trial stopped by the scheduler never sends it. A student trains in float32 (its per-epoch signal is
     the float model's); its final metrics are measured through the Faiss index it is served from (its
-    ``index``, ``flat`` by default; ``kdtune.serving.served``) over all validation users, its size is the
-    index's, and the index is kept with its weights (built once per trial, reused by the export).
+    ``index``, ``flat`` by default; ``kdtune.serving.served``) at the run's catalogue size (its item table
+    extended with drawn rows when that exceeds the data's) over all validation users, beside what ``flat``
+    scores at that size (``exact_recall@K``); its size is the index's, and an approximate index is kept with
+    its weights (built once per trial, reused by the export).
     """
     done = tune.get_checkpoint()
     if done is not None:
@@ -98,14 +100,19 @@ def train_student(config: dict, knowledge: TeacherKnowledge, split: Split, setti
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else "out of memory"
         raise TrialOutOfMemory(f"GPU out of memory (dim {dim}, loss {loss}, batch {fit_kwargs['batch_size']} "
                                f"on {device}): {first}") from None
-    served = ServedStudent.from_model(student.cpu(), index_of(config), seed=settings.seed)
-    metrics = {**_served_metrics(served, split, settings.k), "epoch": result.epochs_run,
+    student = student.cpu()
+    served = ServedStudent.from_model(student, index_of(config), seed=settings.seed, catalog_size=settings.catalog_size)
+    metrics = {**_served_metrics(served, split, settings.k), **_exact_metrics(student, served, split, settings),
+               "epoch": result.epochs_run,
                "train_loss": result.history[-1]["loss"] if result.history else None, **fixed, "final": True,
                "params": student.n_params(), **_fit_record(result), **_placement(device, gpu_ids),
                **peak_memory(device)}
     with tempfile.TemporaryDirectory() as tmp:
         save_model(student, Path(tmp))
-        save_served_index(served, Path(tmp))
+        if not served.spec.exact:
+            # an approximate index is the costly build (k-means, a graph): the export reads it back; an exact
+            # one is rebuilt from the weights (the same index, as cheap as reading hundreds of MB at 1M items)
+            save_served_index(served, Path(tmp))
         (Path(tmp) / METRICS_FILE).write_text(json.dumps(metrics))
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -116,6 +123,17 @@ def _served_metrics(served: ServedStudent, split: Split, k: int) -> dict:
     best = evaluate(served.scorer(split.train, k), split.train, split.valid, ks=(k,))
     return {**{name: value for name, value in best.items() if name != "n_users"}, "index": served.spec.name,
             "bytes": served.n_bytes()}
+
+
+def _exact_metrics(student, served: ServedStudent, split: Split, settings: TrialSettings) -> dict:
+    """For a student served through any index but ``flat``, its validation Recall/NDCG through ``flat`` at
+    the same catalogue (``exact_`` prefixed): what the index keeps of exact search, for the same weights."""
+    if served.spec.name == DEFAULT_INDEX:
+        return {}
+    exact = ServedStudent.from_model(student, DEFAULT_INDEX, seed=settings.seed, catalog_size=settings.catalog_size)
+    k = settings.k
+    best = evaluate(exact.scorer(split.train, k), split.train, split.valid, ks=(k,))
+    return {f"exact_{name}@{k}": best[f"{name}@{k}"] for name in ("recall", "ndcg")}
 
 
 def _fit_record(result) -> dict:

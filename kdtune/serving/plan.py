@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from kdtune.serving.arch import DEFAULT_INDEX, arch_key, arch_of
-from kdtune.serving.catalog import trained_tables
+from kdtune.serving.catalog import DRAWN_ROWS, trained_tables
 from kdtune.serving.interleaved import order_contradictions, profile_interleaved
 
 
@@ -49,8 +49,7 @@ class LatencyPlan:
         record = {"catalog_size": self.catalog_size, "k": self.k, "device": "cpu", "threads": self.threads,
                   "batch": 1, "archs": self.archs(), "teacher": self.teacher_key()}
         if self.reference is not None:
-            record["index_tables"] = ("the teacher's item table projected to each dim; rows beyond the data's "
-                                      "catalogue drawn from it (a random row plus noise of 0.25 x each column's std)")
+            record["index_tables"] = f"the teacher's item table projected to each dim; {DRAWN_ROWS}"
         return record
 
     def measure(self) -> dict:

@@ -2,6 +2,11 @@
 
 :class:`ServedStudent` is what a trial's metrics are measured through, what the export re-scores on test,
 and what :mod:`kdtune.serve` loads from a deployable directory: one search path (``search_unseen``) for all.
+
+A run measured at a catalogue larger than the data's (``--catalog-size``) serves each student over its own
+item table extended with drawn rows (:func:`kdtune.serving.catalog.with_drawn_rows`): item ids past the
+data's are drawn rows, which a user's recommendations may hold but which are never relevant, so the recall
+a trial reports is what a user of a catalogue of that size would see through its index.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import numpy as np
 import torch
 
 from kdtune.data.interactions import Interactions
+from kdtune.serving.catalog import with_drawn_rows
 from kdtune.serving.index import IndexSpec, build_index, describe_index, search_unseen
 
 
@@ -28,9 +34,11 @@ class ServedStudent:
             raise ValueError(f"the index has {int(index.d)} columns, too few for user vectors of dim {self.users.shape[1]}")
 
     @classmethod
-    def from_model(cls, model: Any, spec: str, seed: int = 0) -> ServedStudent:
-        """The served form of an ``MF``: its item table indexed by ``spec``."""
+    def from_model(cls, model: Any, spec: str, seed: int = 0, catalog_size: int | None = None) -> ServedStudent:
+        """The served form of an ``MF``: its item table, extended to ``catalog_size`` items with drawn rows
+        when that is larger (``None``: its own items only), indexed by ``spec``."""
         users, items, bias = _float_tables(model)
+        items, bias = with_drawn_rows(items, bias, catalog_size, seed)
         return cls(users, build_index(spec, items, bias, seed=seed), spec)
 
     @property
@@ -67,16 +75,20 @@ def save_served_index(served: ServedStudent, directory: Path) -> Path:
     return path
 
 
-def served_student(model: Any, spec: str, directory: Path | None = None, seed: int = 0) -> ServedStudent:
-    """The student served through ``spec``: the index kept in ``directory`` when it was built with that spec,
-    else built now."""
+def served_student(model: Any, spec: str, directory: Path | None = None, seed: int = 0,
+                   catalog_size: int | None = None) -> ServedStudent:
+    """The student served through ``spec`` at ``catalog_size`` (as :meth:`ServedStudent.from_model`): the
+    index kept in ``directory`` when it was built with that spec over that many items, else built now."""
     import faiss
 
+    n_items = max(int(model.item_emb.weight.shape[0]), catalog_size or 0)
     path = None if directory is None else Path(directory) / SERVED_INDEX_FILE
     tag = None if path is None else path.with_name(SERVED_INDEX_FILE + ".spec")
     if path is not None and path.is_file() and tag.is_file() and tag.read_text() == IndexSpec.parse(spec).name:
-        return ServedStudent(_float_tables(model)[0], faiss.read_index(str(path)), spec)
-    return ServedStudent.from_model(model, spec, seed=seed)
+        index = faiss.read_index(str(path))
+        if int(index.ntotal) == n_items:
+            return ServedStudent(_float_tables(model)[0], index, spec)
+    return ServedStudent.from_model(model, spec, seed=seed, catalog_size=catalog_size)
 
 
 def _float_tables(model: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -88,7 +100,9 @@ def _float_tables(model: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 class IndexScorer:
     """``full_scores`` of a :class:`ServedStudent` for ``evaluate``: the ``k`` items the index returns for each
     user (seen ones dropped by :func:`search_unseen`) get descending scores ``k, k-1, ...``, every other item
-    ``-inf`` (never a hit in ``evaluate``), so the evaluation's top ``k`` is the index's, in its order."""
+    ``-inf`` (never a hit in ``evaluate``), so the evaluation's top ``k`` is the index's, in its order. Scores
+    cover the data's items (those of ``seen``): a drawn row past them that the index returns takes its place
+    in the top ``k`` and is never a hit."""
 
     def __init__(self, served: ServedStudent, seen: list[Interactions], k: int):
         self.served, self.seen, self.k = served, seen, k
@@ -98,9 +112,10 @@ class IndexScorer:
         seen = [np.unique(np.concatenate([s.indices[s.indptr[u]: s.indptr[u + 1]].numpy() for s in self.seen]))
                 for u in ids]
         top = self.served.recommend(ids, self.k, seen)
-        scores = torch.full((len(ids), self.served.n_items), -float("inf"))
+        n_items = self.seen[0].n_items
+        scores = torch.full((len(ids), n_items), -float("inf"))
         rank_score = torch.arange(self.k, 0, -1, dtype=torch.float32).expand(len(ids), -1)
-        found = torch.from_numpy(top >= 0)
+        found = torch.from_numpy((top >= 0) & (top < n_items))
         rows = torch.arange(len(ids))[:, None].expand(-1, self.k)
         scores[rows[found], torch.from_numpy(top)[found]] = rank_score[found]
         return scores
