@@ -32,7 +32,8 @@ from kdtune.losses import (
     soft_bce_term,
     sorted_topn_of,
 )
-from kdtune.losses.experts import _ExpertSet, row_sample
+from kdtune.losses.draws import row_sample
+from kdtune.losses.experts import _ExpertSet
 from kdtune.model.mf import MF
 from kdtune.train.fit import make_step
 from kdtune.train.optim import TableAdamW
@@ -415,6 +416,28 @@ def test_rrd_loss_hand_per_user():
     u1 = rrd_by_hand([S[1][0], S[1][1], S[1][3]], [S[1][2]])
     for n_l in (1, 40):
         loss = get_loss("rrd").fn(hand_ctx(topn), alpha=a, T=9.0, rrd_k=3, rrd_l=n_l, rrd_lambda=1.0)
+        close(loss, (1 - a) * BPR + a * (u0 + u1) / 2)
+
+
+def test_rrd_users_estimates_the_term_on_a_subset_of_the_users():
+    """With ``rrd_users=1`` a batch's RRD term is one of its two users' terms, each drawn with probability
+    1/2 (their average is the full term)."""
+    a = 0.5
+    topn = [[1, 2, 3], [0, 1, 3]]
+    u0 = rrd_by_hand([S[0][1], S[0][2], S[0][3]], [S[0][0]])
+    u1 = rrd_by_hand([S[1][0], S[1][1], S[1][3]], [S[1][2]])
+    allowed = {round(float((1 - a) * BPR + a * u), 4): i for i, u in enumerate((u0, u1))}
+    counts = [0, 0]
+    for seed in range(400):
+        ctx = hand_ctx(topn)
+        ctx.generator = torch.Generator().manual_seed(seed)
+        loss = get_loss("rrd").fn(ctx, alpha=a, rrd_k=3, rrd_l=1, rrd_lambda=1.0, rrd_users=1).detach().item()
+        counts[allowed[round(loss, 4)]] += 1
+    # chi-square against 200 / 200 with one degree of freedom: 6.63 is its 0.99 quantile
+    assert sum((c - 200) ** 2 / 200 for c in counts) < 6.63, counts
+    # 0 and a cap at or above the batch's users are the full term
+    for users in (0, 2, 5):
+        loss = get_loss("rrd").fn(hand_ctx(topn), alpha=a, rrd_k=3, rrd_l=1, rrd_lambda=1.0, rrd_users=users)
         close(loss, (1 - a) * BPR + a * (u0 + u1) / 2)
 
 
@@ -911,7 +934,8 @@ def test_registry():
     assert set(LOSSES) == {"bpr", "mse_diff", "soft_bce", "rd", "cd", "rrd", "de", "de_rrd", "listwise", "dcd",
                            "unkd", "htd"}
     assert get_loss("bpr").params == {}
-    assert get_loss("rrd").params == {"rrd_k": 10, "rrd_l": 50, "rrd_lambda": 10.0, "rrd_pool": "per_user"}
+    assert get_loss("rrd").params == {"rrd_k": 10, "rrd_l": 50, "rrd_lambda": 10.0, "rrd_pool": "per_user",
+                                         "rrd_users": 0}
     # the references' defaults
     assert get_loss("de").params == {"de_experts": 30, "de_tau_start": 1.0, "de_tau_end": 1e-10, "de_rows": 0}
     assert {k: get_loss("rd").params[k] for k in ("rd_mu", "rd_dynamic_samples", "rd_warmup")} == {

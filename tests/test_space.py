@@ -81,9 +81,10 @@ def test_default_space_contents() -> None:
         assert weight.when == {"loss": (name,)} and weight.log and weight.low <= 1e-3, name
         assert (LOSSES[name].temperature_key in space.conditional) == LOSSES[name].uses_temperature, name
     # every parameter of every searched loss is searched, except those left at the reference's defaults
-    # (DE's temperature schedule and rows, RD's sample count, CD's label shift, RRD's per-user pool, DE-RRD's DE
+    # (DE's temperature schedule and rows, RD's sample count, CD's label shift, RRD's per-user pool and users, DE-RRD's DE
     # weight)
-    at_defaults = {"de_tau_start", "de_tau_end", "de_rows", "rd_dynamic_samples", "cd_shift", "rrd_pool", "lambda_de"}
+    at_defaults = {"de_tau_start", "de_tau_end", "de_rows", "rd_dynamic_samples", "cd_shift", "rrd_pool", "rrd_users",
+                   "lambda_de"}
     searched = set(space.conditional)
     for name in space.losses:
         assert set(LOSSES[name].params) - at_defaults <= searched, name

@@ -222,3 +222,13 @@ def sorted_topn_of(topn: torch.Tensor, store: dict | None = None) -> torch.Tenso
     Sorting the batch's ``[B, N]`` rows every batch cost ~30 ms on CPU; the table is fixed for a run.
     """
     return _derived(store, "sorted_topn", lambda: topn.sort(dim=1).values)
+
+
+def row_sample(ids: torch.Tensor, rows: int, generator: torch.Generator) -> torch.Tensor:
+    """At most ``rows`` of ``ids``, drawn uniformly without replacement (all of them when ``rows`` is 0 or
+    ``ids`` is no longer): the rows a batch's DE term (``de_rows``) or
+    RRD term (``rrd_users``) is estimated on."""
+    if rows <= 0 or ids.numel() <= rows:
+        return ids
+    pick = torch.randperm(ids.numel(), generator=generator, device=generator.device)[:rows]
+    return ids[pick.to(ids.device)]

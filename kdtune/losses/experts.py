@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from kdtune.losses.draws import row_sample
 from kdtune.losses.registry import KDContext, _bpr_margin, _distinct, _distinct_users, bpr_term, register
 
 
@@ -138,15 +139,6 @@ def make_de_extra(student_dim: int, teacher_dim: int, de_experts: int = 30, **_o
 def de_term(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Distillation Experts: ``mean over rows of ||target - pred||^2``."""
     return (target - pred).pow(2).sum(-1).mean()
-
-
-def row_sample(ids: torch.Tensor, rows: int, generator: torch.Generator) -> torch.Tensor:
-    """At most ``rows`` of ``ids``, drawn uniformly without replacement (all of them when ``rows`` is 0 or
-    ``ids`` is no longer): the rows a batch's DE term is estimated on."""
-    if rows <= 0 or ids.numel() <= rows:
-        return ids
-    pick = torch.randperm(ids.numel(), generator=generator, device=generator.device)[:rows]
-    return ids[pick.to(ids.device)]
 
 
 def de_soft(

@@ -13,6 +13,7 @@ from kdtune.losses.draws import (
     model_topn,
     per_user_uninteresting,
     rank_weights,
+    row_sample,
     sample_ranks,
     shared_uninteresting,
     uniform_non_positives,
@@ -225,8 +226,12 @@ def cd_loss(
 RRD_POOLS = ("per_user", "shared")
 
 
-def rrd_soft(ctx: KDContext, rrd_k: int, rrd_l: int, rrd_lambda: float, rrd_pool: str) -> torch.Tensor:
-    """The RRD term of :func:`rrd_loss` alone (``de_rrd`` reuses it)."""
+def rrd_soft(
+    ctx: KDContext, rrd_k: int, rrd_l: int, rrd_lambda: float, rrd_pool: str, rrd_users: int = 0
+) -> torch.Tensor:
+    """The RRD term of :func:`rrd_loss` alone (``de_rrd`` reuses it); ``rrd_users > 0`` estimates the
+    batch's mean over its distinct users on at most that many of them, drawn uniformly without
+    replacement (an unbiased estimate of the mean; 0, the reference's, takes every one)."""
     k, n_l = int(rrd_k), int(rrd_l)
     _topn_check(ctx, k, "rrd_k")
     if n_l < 1:
@@ -247,6 +252,9 @@ def rrd_soft(ctx: KDContext, rrd_k: int, rrd_l: int, rrd_lambda: float, rrd_pool
 
     key = ("rrd", k, float(rrd_lambda), rrd_pool, n_l if per_user else None)
     users, drawn = _epoch_draw(ctx, key, draw)
+    if 0 < int(rrd_users) < len(users):
+        keep = row_sample(torch.arange(len(users), device=users.device), int(rrd_users), ctx.generator)
+        users, drawn = users[keep], tuple(x[keep] for x in drawn)
     student = ctx.student
     # Scores without the user bias: the term is invariant to adding one constant to all of a user's
     # scores (every log-denominator moves with them), so that bias gets exactly zero gradient from it.
@@ -275,6 +283,7 @@ def rrd_loss(
     rrd_l: int = 50,
     rrd_lambda: float = 10.0,
     rrd_pool: str = "per_user",
+    rrd_users: int = 0,
 ) -> torch.Tensor:
     """RRD (Kang et al., CIKM'20; SeongKu-Kang/DE-RRD_CIKM20 ``Utils/loss.py``, ``Utils/dataset.py``), once
     per distinct user of the batch: ``rrd_k`` interesting items sampled from the teacher's top-N
@@ -292,6 +301,9 @@ def rrd_loss(
     its own complement (of ``rrd_l`` less ~(N + |positives|) / n_items of it), and the ``U x rrd_l`` scores
     are one dense product rather than ``U x rrd_l`` gathered rows: ~5x less work per step on CiteULike-a.
     The draws of different users of a batch are then correlated; each user's term is unbiased all the same.
+
+    ``rrd_users`` (0, the reference's: every distinct user of the batch) caps the users a batch's term is
+    estimated on (:func:`rrd_soft`).
     """
-    soft = rrd_soft(ctx, rrd_k, rrd_l, rrd_lambda, rrd_pool)
+    soft = rrd_soft(ctx, rrd_k, rrd_l, rrd_lambda, rrd_pool, rrd_users)
     return (1 - alpha) * bpr_term(_bpr_margin(ctx)) + alpha * soft
