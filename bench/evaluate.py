@@ -4,9 +4,11 @@ Uses ``../shared/data/citeulike-a/users.dat`` (each line: a count, then item ids
 random data of the same size (5,551 users, 16,980 items). Interactions are split 80/10/10 at random;
 the test split is evaluated with train + valid masked. Prints the median of 5 runs and the ratio
 against a naive per-user python loop run in the same process, interleaved with them (on a subset of
-users, extrapolated to all): the machine's speed drifts, a ratio of neighbours drifts much less.
+users, extrapolated to all): the machine's speed drifts, a ratio of neighbours drifts much less. Then the
+same pass through the model's ``flat`` Faiss index, scored from its stored vectors (what the search does)
+against the index's own search, interleaved, with the ratio.
 
-    python bench/evaluate.py [--data PATH] [--dim 64] [--ks 10 20 50] [--naive-users 300]
+    python bench/evaluate.py [--data PATH] [--dim 64] [--ks 10 20 50] [--naive-users 300] [--threads N]
 """
 
 from __future__ import annotations
@@ -83,7 +85,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--naive-users", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=None, help="torch and Faiss threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
 
     rng = np.random.default_rng(0)
     if args.data.exists():
@@ -137,6 +144,34 @@ def main() -> None:
         "metrics of the untrained model (timing only): "
         + ", ".join(f"{k}={v:.4f}" for k, v in res.items() if k != "n_users")
     )
+    through_flat_index(model, [train, valid], test, args.ks, args.repeats)
+
+
+def through_flat_index(model: MF, seen: list[Interactions], test: Interactions, ks: list[int], repeats: int) -> None:
+    """A trial's and a plain student's scores through their ``flat`` index: the stored vectors ranked by
+    evaluate (``FlatScorer``, what ``ServedStudent.scorer`` uses) against the index's own search
+    (``IndexScorer``: Faiss, k + seen items per user), interleaved; the two must agree exactly."""
+    import faiss
+
+    from kdtune.serving.served import IndexScorer, ServedStudent
+
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    served = ServedStudent.from_model(model, "flat")
+    k = max(ks)
+    shortcut, searched = served.scorer(seen, k), IndexScorer(served, seen, k)
+    fast, slow = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a = evaluate(shortcut, seen, test, ks=ks)
+        t1 = time.perf_counter()
+        b = evaluate(searched, seen, test, ks=ks)
+        fast.append(t1 - t0)
+        slow.append(time.perf_counter() - t1)
+    ratios = [s / f for f, s in zip(fast, slow, strict=True)]
+    print(f"through a flat index ({type(shortcut).__name__} vs its Faiss search, {torch.get_num_threads()} thread(s)): "
+          f"median {statistics.median(fast):.3f} s vs {statistics.median(slow):.3f} s, "
+          f"{statistics.median(ratios):.1f}x (range {min(ratios):.1f}-{max(ratios):.1f}x); "
+          f"same metrics: {a == b}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch
 from kdtune.data.interactions import Interactions
 from kdtune.model.mf import MF
 from kdtune.serving.index import IndexSpec, build_index, check_index, describe_index, search_unseen
-from kdtune.serving.served import ServedStudent
+from kdtune.serving.served import IndexScorer, ServedStudent
 from kdtune.train.evaluate import evaluate
 
 
@@ -84,6 +84,25 @@ def test_metrics_through_a_flat_index_equal_the_model_metrics():
     direct = evaluate(model, train, test, ks=(10,))
     through = evaluate(served.scorer(train, 10), train, test, ks=(10,))
     assert through == pytest.approx(direct)
+
+
+def test_a_flat_index_is_scored_by_its_stored_vectors_as_its_search_ranks():
+    """The exact shortcut for ``flat`` (FlatScorer: the index's own vectors, ranked by evaluate) gives the
+    search's metrics (IndexScorer: Faiss's search, seen items dropped), seen items of two splits excluded."""
+    model = MF(50, 400, 8, seed=1)
+    rng = np.random.default_rng(1)
+    train = _interactions(50, 400, [rng.choice(400, size=1 + u % 23, replace=False) for u in range(50)])
+    valid = _interactions(50, 400, [rng.choice(400, size=2, replace=False) for _ in range(50)])
+    test = _interactions(50, 400, [rng.choice(400, size=3, replace=False) for _ in range(50)])
+    served = ServedStudent.from_model(model, "flat")
+    for seen in (train, [train, valid]):
+        shortcut = served.scorer(seen, 10)
+        assert type(shortcut).__name__ == "FlatScorer"
+        searched = IndexScorer(served, [seen] if isinstance(seen, Interactions) else seen, 10)
+        assert evaluate(shortcut, seen, test, ks=(5, 10)) == evaluate(searched, seen, test, ks=(5, 10))
+    # drawn rows past the data's items: the index's search, which may return them
+    wider = ServedStudent.from_model(model, "flat", catalog_size=1000)
+    assert type(wider.scorer(train, 10)).__name__ == "IndexScorer"
 
 
 def _pairs(x: Interactions) -> np.ndarray:
