@@ -13,14 +13,15 @@ One directory per student:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kdtune.errors import DataError
-from kdtune.serving.index import describe_index
+from kdtune.errors import DataError, UsageError
+from kdtune.serving.index import GPU_KINDS, GpuIndex, describe_index, faiss_gpus
 from kdtune.serving.served import ServedStudent
 
 USERS_FILE, INDEX_FILE, MANIFEST_FILE = "users.safetensors", "items.faiss", "manifest.json"
@@ -70,8 +71,15 @@ class Deployed:
         return [self.item_ids[r[r >= 0]].tolist() for r in top]
 
 
-def load(directory: str | Path) -> Deployed:
-    """The deployable student in ``directory``; a missing or damaged file is a one-line ``DataError`` naming it."""
+def load(directory: str | Path, device: str = "cpu") -> Deployed:
+    """The deployable student in ``directory``; a missing or damaged file is a one-line ``DataError`` naming it.
+
+    ``device="cuda"`` (or ``"cuda:N"``) searches a copy of the index on that GPU with Faiss's GPU code (a
+    Faiss build with GPU support, e.g. ``faiss-gpu``; ``flat`` and ``ivf`` indexes), ``"auto"`` does so where
+    that is possible and stays on the CPU otherwise; ``"cpu"`` (the default) is what the run measured.
+    """
+    if device not in ("cpu", "auto") and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise UsageError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
     import faiss
     from safetensors.numpy import load_file
 
@@ -88,6 +96,13 @@ def load(directory: str | Path) -> Deployed:
     if index.ntotal != manifest["n_items"] or len(served.users) != manifest["n_users"]:
         raise DataError(f"{d / INDEX_FILE}: {index.ntotal} items and {len(served.users)} users, the manifest says "
                         f"{manifest['n_items']} and {manifest['n_users']}")
+    on_gpu = device.startswith("cuda") or (device == "auto" and faiss_gpus() > 0 and served.spec.kind in GPU_KINDS)
+    if on_gpu:
+        try:
+            served = ServedStudent(served.users, GpuIndex(index, served.spec, int(device.partition(":")[2] or 0)),
+                                   served.spec.name)
+        except ValueError as exc:
+            raise UsageError(f"{d / INDEX_FILE}: cannot search it on {device}: {exc}") from None
     return Deployed(served, tables["seen_indptr"], tables["seen_indices"], manifest)
 
 

@@ -148,9 +148,12 @@ def build_index(spec: str | IndexSpec, items: np.ndarray, bias: np.ndarray | Non
 
 
 def describe_index(index) -> dict:
-    """What an index is, from the index itself: its kind, settings, items, dim and serialized bytes."""
+    """What an index is, from the index itself: its kind, settings, items, dim and serialized bytes (a
+    :class:`GpuIndex` is described by its CPU original, plus ``gpu: True``)."""
     import faiss
 
+    if isinstance(index, GpuIndex):
+        return {**describe_index(index.cpu), "gpu": True}
     base = faiss.downcast_index(index)
     out = {"faiss": type(base).__name__, "n_items": int(index.ntotal), "width": int(index.d),
            "bytes": index_bytes(index)}
@@ -165,7 +168,7 @@ def index_bytes(index) -> int:
     """Bytes of the serialized index (what ``faiss.write_index`` writes)."""
     import faiss
 
-    return int(faiss.serialize_index(index).nbytes)
+    return int(faiss.serialize_index(getattr(index, "cpu", index)).nbytes)
 
 
 def search_unseen(index, user_vectors: np.ndarray, k: int, seen: Sequence[np.ndarray] | None = None
@@ -202,13 +205,49 @@ def search_unseen(index, user_vectors: np.ndarray, k: int, seen: Sequence[np.nda
 EXACT_BLOCK = 1024
 """Users an exact index searches at once in :func:`search_unseen`."""
 
+GPU_KINDS = ("flat", "ivf")
+"""Index kinds Faiss clones to a GPU (``GpuIndexFlat``, ``GpuIndexIVFFlat``); its GPU code has no plain scalar
+quantiser and no HNSW graph."""
+GPU_MAX_K = 2048
+"""The most results one query of a Faiss GPU index returns; a longer search runs on the CPU original."""
+
+
+def faiss_gpus() -> int:
+    """GPUs the installed Faiss can use (0 with ``faiss-cpu``, which has no GPU code)."""
+    import faiss
+
+    return int(faiss.get_num_gpus()) if hasattr(faiss, "StandardGpuResources") else 0
+
+
+class GpuIndex:
+    """A Faiss index cloned to a GPU (``faiss.index_cpu_to_gpu``), searched like the CPU original it keeps.
+
+    A search for more than :data:`GPU_MAX_K` results (``k +`` a heavy user's seen items) runs on the CPU
+    original, so every user gets an answer; both hold the same vectors, so both rank alike (up to float
+    rounding of the scores)."""
+
+    def __init__(self, cpu_index, spec: IndexSpec, gpu: int = 0):
+        import faiss
+
+        if spec.kind not in GPU_KINDS:
+            raise ValueError(f"index {spec.name!r} has no Faiss GPU form (GPU indexes: flat, ivf<nlist>_np<nprobe>)")
+        if gpu >= faiss_gpus():
+            raise ValueError(f"no GPU {gpu} for Faiss here ({faiss_gpus()} found: a faiss-cpu build has none)")
+        self.cpu = cpu_index
+        self.resources = faiss.StandardGpuResources()
+        self.gpu = faiss.index_cpu_to_gpu(self.resources, gpu, cpu_index)
+        self.d, self.ntotal = int(cpu_index.d), int(cpu_index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int):
+        return (self.gpu if k <= GPU_MAX_K else self.cpu).search(queries, k)
+
 
 def _search_groups(index, counts: np.ndarray) -> list[np.ndarray]:
     """The user rows searched together: blocks ordered by seen count for an exact index (a flat or scalar
     quantiser scan), users of equal seen count for an approximate one (its result depends on the count)."""
     import faiss
 
-    base = faiss.downcast_index(index)
+    base = faiss.downcast_index(getattr(index, "cpu", index))  # a GpuIndex ranks as its CPU original
     if isinstance(base, (faiss.IndexFlat, faiss.IndexScalarQuantizer)):
         order = np.argsort(counts, kind="stable")
         return [order[i: i + EXACT_BLOCK] for i in range(0, len(order), EXACT_BLOCK)]
