@@ -932,7 +932,7 @@ def test_alpha_zero_is_bpr(name):
 
 def test_registry():
     assert set(LOSSES) == {"bpr", "mse_diff", "soft_bce", "rd", "cd", "rrd", "de", "de_rrd", "listwise", "dcd",
-                           "unkd", "htd"}
+                           "unkd", "htd", "catalog_kd"}
     assert get_loss("bpr").params == {}
     assert get_loss("rrd").params == {"rrd_k": 10, "rrd_l": 50, "rrd_lambda": 10.0, "rrd_pool": "per_user",
                                          "rrd_users": 0}
@@ -942,7 +942,7 @@ def test_registry():
         "rd_mu": 0.1, "rd_dynamic_samples": 100, "rd_warmup": 10}
     assert get_loss("cd").params["cd_guide"] == "student" and get_loss("cd").params["cd_shift"] == 0.0
     # mse_diff's T only rescales its term (a second weight): not a temperature
-    assert {n for n, d in LOSSES.items() if d.uses_temperature} == {"soft_bce", "cd", "listwise"}
+    assert {n for n, d in LOSSES.items() if d.uses_temperature} == {"soft_bce", "cd", "listwise", "catalog_kd"}
     assert sorted(n for n, d in LOSSES.items() if d.make_extra) == ["de", "de_rrd", "htd"]
     # the papers' BPR + alpha * KD form, and the KD weight lambda of BPR + lambda * KD as each loss's alpha
     assert sorted(n for n, d in LOSSES.items() if d.additive) == ["de", "de_rrd", "htd"]

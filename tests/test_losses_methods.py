@@ -1,4 +1,4 @@
-"""The listwise, dcd, unkd and htd losses: hand-computed terms, gradient routing, determinism, a short fit."""
+"""The listwise, catalog_kd, dcd, unkd and htd losses: hand-computed terms, gradient routing, determinism, a short fit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from test_losses import BPR, S, close, hand_ctx, pairs, random_ctx, table_mf
+from test_losses import BPR, T_, S, close, hand_ctx, pairs, random_ctx, table_mf
 
 from kdtune.data import split, synthetic
 from kdtune.data.sampler import PositiveSet
@@ -21,7 +21,7 @@ from kdtune.losses.htd import (
     topology_term,
     within_group_gap,
 )
-from kdtune.losses.listwise import listwise_term
+from kdtune.losses.listwise import CatalogKL, catalog_kd_loss, listwise_term
 from kdtune.losses.unkd import (
     draw_pairs,
     group_lists,
@@ -35,7 +35,7 @@ from kdtune.search.spacefile import parse_space
 from kdtune.train.fit import distill, fit
 from kdtune.train.teacher import compute_topn
 
-METHODS = ["listwise", "dcd", "unkd", "htd"]
+METHODS = ["listwise", "catalog_kd", "dcd", "unkd", "htd"]
 
 # Score tables [n_users=2, n_items=4] for the hand-computed cases.
 # BPR of the hand batch: user 0 (pos 0, neg 3), user 1 (pos 2, neg 1)
@@ -80,6 +80,68 @@ def test_listwise_loss_hand():
     close(value, (1 - a) * BPR + a * T * T * soft)
     with pytest.raises(ValueError, match="listwise_k"):
         get_loss("listwise").fn(hand_ctx(), alpha=a, T=T, listwise_k=4)
+
+
+def test_catalog_kd_loss_hand():
+    # every item but each user's training positive (user 0: item 0, user 1: item 2), both sides at T
+    T, a = 0.5, 0.3
+    positives = PositiveSet(pairs([0, 1], [0, 2], 2, 4))
+    soft = (kl([v / T for v in T_[0][1:]], [v / T for v in S[0][1:]])
+            + kl([T_[1][i] / T for i in (0, 1, 3)], [S[1][i] / T for i in (0, 1, 3)])) / 2
+    close(catalog_kd_loss(hand_ctx(positives=positives), alpha=a, T=T), (1 - a) * BPR + a * T * T * soft)
+    # without training positives, every item of the catalogue
+    whole = (kl([v / T for v in T_[0]], [v / T for v in S[0]]) + kl([v / T for v in T_[1]], [v / T for v in S[1]])) / 2
+    close(catalog_kd_loss(hand_ctx(), alpha=a, T=T), (1 - a) * BPR + a * T * T * whole)
+    # one user per batch: the draw picks either user; the value is that user's term
+    one = []
+    for g in range(8):
+        ctx = hand_ctx(positives=positives)
+        ctx.generator.manual_seed(g)
+        one.append(catalog_kd_loss(ctx, alpha=1.0, T=T, catalog_kd_users=1).item())
+    per_user = [T * T * kl([v / T for v in T_[0][1:]], [v / T for v in S[0][1:]]),
+                T * T * kl([T_[1][i] / T for i in (0, 1, 3)], [S[1][i] / T for i in (0, 1, 3)])]
+    assert all(min(abs(v - p) for p in per_user) < 1e-5 for v in one) and len({round(v, 5) for v in one}) == 2
+    with pytest.raises(ValueError, match="catalog_kd_users"):
+        catalog_kd_loss(hand_ctx(), alpha=a, T=T, catalog_kd_users=0)
+
+
+def test_catalog_kd_ignores_the_users_bias_and_masks_positives_of_a_large_catalogue():
+    """A user's bias shifts a whole row (no change to its softmax); the searchsorted form of the positives
+    (catalogues too large for a bitmap) masks the same cells as the bitmap."""
+    positives = PositiveSet(pairs([0, 1, 1], [0, 2, 3], 2, 4))
+    base = catalog_kd_loss(hand_ctx(positives=positives), alpha=1.0, T=0.7)
+    ctx = hand_ctx(positives=positives)
+    with torch.no_grad():
+        ctx.student.user_bias.weight.fill_(5.0)
+    close(catalog_kd_loss(ctx, alpha=1.0, T=0.7), base.item())
+    keys = PositiveSet(pairs([0, 1, 1], [0, 2, 3], 2, 4))
+    keys.keys, keys.bitmap = torch.sort(positives.bitmap.nonzero().flatten()).values, None
+    close(catalog_kd_loss(hand_ctx(positives=keys), alpha=1.0, T=0.7), base.item())
+
+
+def test_catalog_kl_matches_autograd_through_listwise_term():
+    """CatalogKL's value and closed-form gradient equal autograd's through listwise_term, masked cells being
+    scored so low that no probability survives them."""
+    g = torch.Generator().manual_seed(3)
+    s0, t = torch.randn(3, 7, generator=g) * 2, torch.randn(3, 7, generator=g) * 2
+    seen = torch.rand(3, 7, generator=g) < 0.3
+    seen[:, 0] = False
+    for T in (0.2, 1.0, 3.0):
+        a, b = s0.clone().requires_grad_(), s0.clone().requires_grad_()
+        ours = CatalogKL.apply(a, t, seen, T)
+        ref = listwise_term(b.masked_fill(seen, -1e30), t.masked_fill(seen, -1e30), T)
+        (ours * 1.7).backward()
+        (ref * 1.7).backward()
+        close(ours, ref.item())
+        assert torch.allclose(a.grad, b.grad, atol=1e-6) and not a.grad[seen].any()
+
+
+def test_catalog_kd_skips_a_user_who_trained_on_every_item():
+    positives = PositiveSet(pairs([0, 1, 1, 1, 1], [0, 0, 1, 2, 3], 2, 4))
+    only_user_0 = kl([v for v in T_[0][1:]], [v for v in S[0][1:]])
+    close(catalog_kd_loss(hand_ctx(positives=positives), alpha=0.4, T=1.0), 0.6 * BPR + 0.4 * only_user_0)
+    everything = PositiveSet(pairs([0] * 4 + [1] * 4, [0, 1, 2, 3] * 2, 2, 4))
+    close(catalog_kd_loss(hand_ctx(positives=everything), alpha=0.4, T=1.0), 0.6 * BPR)
 
 
 # ----------------------------------------------------------------------------- dcd
@@ -355,7 +417,7 @@ def test_deterministic_under_a_seeded_generator(name):
         ctx.draws = {}
         values.append(d.fn(ctx, alpha=0.5, T=3.0, **d.params))
     assert torch.equal(values[0], values[1])
-    if name != "listwise":  # the others sample: another seed, another value
+    if name not in ("listwise", "catalog_kd"):  # the others sample (catalog_kd: only batches over its users)
         assert not torch.equal(values[0], values[2])
 
 
@@ -364,7 +426,8 @@ def test_registered_with_their_params():
     assert get_loss("dcd").params == {"dcd_k": 10, "dcd_t": 10.0}
     assert get_loss("unkd").params == {"unkd_groups": 2, "unkd_pairs": 2, "unkd_lamda": 0.0}
     assert get_loss("htd").params == {"htd_experts": 30, "htd_beta": 0.9, "htd_anneal": 1000.0}
-    assert [n for n in METHODS if get_loss(n).uses_temperature] == ["listwise"]
+    assert get_loss("catalog_kd").params == {"catalog_kd_users": 128}
+    assert [n for n in METHODS if get_loss(n).uses_temperature] == ["listwise", "catalog_kd"]
     assert [n for n in METHODS if get_loss(n).make_extra] == ["htd"]
 
 
@@ -377,7 +440,8 @@ def test_space_entries_validate():
             "loss": {"type": "categorical", "choices": METHODS},
         },
         "conditional": {
-            "T": {"when": {"loss": ["listwise"]}, "type": "float", "low": 1.0, "high": 10.0, "log": True},
+            "T": {"when": {"loss": ["listwise", "catalog_kd"]}, "type": "float", "low": 0.1, "high": 10.0, "log": True},
+            "catalog_kd_users": {"when": {"loss": ["catalog_kd"]}, "type": "int", "low": 16, "high": 512, "log": True},
             "listwise_k": {"when": {"loss": ["listwise"]}, "type": "int", "low": 5, "high": 50},
             "dcd_k": {"when": {"loss": ["dcd"]}, "type": "int", "low": 5, "high": 40},
             "dcd_t": {"when": {"loss": ["dcd"]}, "type": "float", "low": 1.0, "high": 50.0, "log": True},

@@ -101,6 +101,10 @@ class MF(nn.Module):
         """Embeddings of ``items`` (read like ``forward`` does)."""
         return _gather(self.item_emb.weight, items)
 
+    def item_bias_of(self, items: torch.Tensor) -> torch.Tensor:
+        """Biases ``[n, 1]`` of ``items`` (read like ``forward`` does)."""
+        return _gather(self.item_bias.weight, items)
+
     def row_tables(self) -> list[nn.Parameter]:
         """The tables that training reads row by row (through ``forward`` / ``*_vectors`` only)."""
         return [self.user_emb.weight, self.item_emb.weight, self.user_bias.weight, self.item_bias.weight]

@@ -114,7 +114,7 @@ class SearchSpace:
     def warm_start_points(self, loss_defaults: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
         """One first trial per loss of the space, at the loss's reference defaults (``loss_defaults[loss]``,
         e.g. ``LossDef.params``) where the space allows them and the middle of every other range (the middle
-        dim, a geometric-middle rate and KD weight; ``flat`` serving): with eleven losses, a sampler's random
+        dim, a geometric-middle rate and KD weight; ``flat`` serving): with a dozen losses, a sampler's random
         start would otherwise try some of them only at a poor setting or not at all, and never again."""
         points = []
         for loss in self.losses:
