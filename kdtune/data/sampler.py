@@ -28,6 +28,13 @@ class PositiveSet:
             self.bitmap = None
             self.keys = torch.sort(keys).values
 
+    def rows(self, users: torch.Tensor) -> torch.Tensor:
+        """Bool ``[U, n_items]``: which items each of ``users`` trained on."""
+        if self.bitmap is not None:
+            return self.bitmap.view(-1, self.n_items).index_select(0, users)
+        every = torch.arange(self.n_items, device=users.device)
+        return self.contains(users.unsqueeze(1), every.unsqueeze(0))
+
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         keys = users * self.n_items + items
         if self.bitmap is not None:

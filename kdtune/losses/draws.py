@@ -162,11 +162,8 @@ def model_topn(model: torch.nn.Module, users: torch.Tensor, n: int, positives: P
     for a in range(0, len(users), chunk):
         rows = users[a : a + chunk]
         scores = model.full_scores(rows)
-        if positives is not None and positives.bitmap is not None:  # the users' rows of the bitmap
-            scores.masked_fill_(positives.bitmap.view(-1, scores.shape[1]).index_select(0, rows), -torch.inf)
-        elif positives is not None:
-            every = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)
-            scores.masked_fill_(positives.contains(rows.unsqueeze(1).expand_as(scores), every), -torch.inf)
+        if positives is not None:
+            scores.masked_fill_(positives.rows(rows), -torch.inf)
         out[a : a + chunk] = scores.topk(n, dim=1).indices
     return out
 

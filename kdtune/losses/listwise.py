@@ -50,8 +50,6 @@ def listwise_loss(ctx: KDContext, alpha: float = 0.5, T: float = 1.0, listwise_k
     return (1 - alpha) * bpr_term(_bpr_margin(ctx)) + alpha * listwise_term(s, t, T)
 
 
-
-
 def _softmax_lse_(z: torch.Tensor, masked: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's softmax, written over ``z``, and its log-sum-exp ``[U]``; ``masked`` cells count as -inf."""
     if masked is not None:
@@ -127,21 +125,13 @@ def catalog_kd_loss(ctx: KDContext, alpha: float = 0.5, T: float = 0.3, catalog_
         users = users.index_select(0, pick[: int(catalog_kd_users)].to(users.device))
     with torch.no_grad():
         t = catalogue_scores(ctx.teacher, users)
-        seen = seen_cells(ctx, users, t.shape[1])
-        if seen is not None and bool(seen.all(1).any()):  # a user who trained on every item has nothing to learn
-            keep = (~seen.all(1)).nonzero().squeeze(1)
+        seen = ctx.positives.rows(users) if ctx.positives is not None else None
+        full = seen.all(1) if seen is not None else None
+        if full is not None and bool(full.any()):  # a user who trained on every item has nothing to learn
+            keep = (~full).nonzero().squeeze(1)
             users, t, seen = users.index_select(0, keep), t.index_select(0, keep), seen.index_select(0, keep)
     bpr = (1 - alpha) * bpr_term(_bpr_margin(ctx))
     if users.numel() == 0:
         return bpr
     return bpr + alpha * CatalogKL.apply(catalogue_scores(ctx.student, users), t, seen, T)
 
-
-def seen_cells(ctx: KDContext, users: torch.Tensor, n_items: int) -> torch.Tensor | None:
-    """Bool ``[U, n_items]``: which items each of ``users`` trained on (None without ``ctx.positives``)."""
-    if ctx.positives is None:
-        return None
-    if ctx.positives.bitmap is not None:
-        return ctx.positives.bitmap.view(-1, n_items).index_select(0, users)
-    every = torch.arange(n_items, device=users.device)
-    return ctx.positives.contains(users.unsqueeze(1), every.unsqueeze(0))
