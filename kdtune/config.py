@@ -145,6 +145,8 @@ class SearchSettings:
                              "halving), or run every trial to its end", choices=list(SCHEDULERS))
     grace_epochs: int = setting(5, "pareto-asha: first rung (epochs); later rungs at grace * eta^i")
     reduction_factor: int = setting(3, "pareto-asha: eta, a trial goes on past a rung if in the top 1/eta there")
+    rung_groups: str = setting("loss", "pareto-asha: compare a trial at a rung only with trials of its own loss "
+                               "(losses learn at different paces), or with every trial", choices=["loss", "none"])
     valid_users: int = setting(DEFAULTS.valid_users, "validation users (a fixed seeded sample) behind each "
                                "epoch's signal; 0 = all; a finished trial's metrics are always over all of them")
 

@@ -395,3 +395,68 @@ def test_state_of_other_objective_order_is_refused(tmp_path) -> None:
     ParetoASHA(OBJ, max_t=9, state_path=path).decide("a", _res(1, 0.3, 1.0))
     with pytest.raises(ValueError, match="written for"):
         ParetoASHA({"latency_ms": "min", "recall@20": "max"}, max_t=9, state_path=path)
+
+
+def test_grouped_rungs_compare_a_trial_only_with_its_own_group(tmp_path) -> None:
+    path = tmp_path / "asha.json"
+    s = ParetoASHA(OBJ, grace_period=1, reduction_factor=3, max_t=9, state_path=path, group_by="loss")
+    assert s.group_of({"loss": "rrd", "dim": 16}) == "rrd"
+    assert s.decide("fast", _res(1, 0.30, 1.0), "rrd") == CONTINUE
+    # dominated by "fast", but the first of its group at the rung: continues (ungrouped it would stop)
+    assert s.decide("slow", _res(1, 0.10, 1.0), "catalog_kd") == CONTINUE
+    assert ParetoASHA(OBJ, grace_period=1, reduction_factor=3, max_t=9).decide("x", _res(1, 0.3, 1.0)) == CONTINUE
+    # inside a group the usual rule: the second continues only if it ranks first of the two
+    assert s.decide("slow2", _res(1, 0.05, 1.0), "catalog_kd") == STOP
+    assert s.decide("slow3", _res(1, 0.20, 1.0), "catalog_kd") == CONTINUE
+    assert s.decide("fast2", _res(1, 0.20, 1.0), "rrd") == STOP
+    assert s.stats()["rungs"][0] == {"milestone": 1, "recorded": 5, "promoted": 3, "stopped": 2}
+    # a restored scheduler keeps the groups (and repeats the decisions); an ungrouped one refuses the file
+    again = ParetoASHA(OBJ, grace_period=1, reduction_factor=3, max_t=9, state_path=path, group_by="loss")
+    assert again.decide("slow2", _res(1, 0.05, 1.0), "catalog_kd") == STOP
+    assert again.decide("new", _res(1, 0.25, 1.0), "catalog_kd") == CONTINUE  # top 1 of 3 in its group
+    with pytest.raises(ValueError, match="written for"):
+        ParetoASHA(OBJ, grace_period=1, reduction_factor=3, max_t=9, state_path=path)
+
+
+def test_a_scheduler_pickled_before_groups_existed_runs_ungrouped(tmp_path) -> None:
+    s = ParetoASHA(OBJ, grace_period=1, reduction_factor=3, max_t=9, state_path=tmp_path / "asha.json")
+    s.decide("a", _res(1, 0.3, 1.0))
+    state = s.__dict__.copy()
+    del state["_group_by"]
+    old = ParetoASHA.__new__(ParetoASHA)
+    old.__setstate__(state)
+    assert old.group_of({"loss": "rrd"}) is None
+    assert old.decide("b", _res(1, 0.1, 1.0)) == STOP
+
+
+def test_the_search_groups_its_rungs_by_loss_unless_told_not_to(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from kdtune.config import SearchSettings
+    from kdtune.search.driver import make_scheduler
+
+    space, run = SimpleNamespace(fixed={"epochs": 40}), SimpleNamespace(dir=tmp_path)
+    grouped = make_scheduler(SearchSettings(), space, run, 20)
+    # Tune hands the scheduler the trial: its config's loss is its group
+    fast = SimpleNamespace(trial_id="fast", config={"loss": "rrd", "dim": 16})
+    slow = SimpleNamespace(trial_id="slow", config={"loss": "catalog_kd", "dim": 16})
+    at_rung = {"epoch": 5, "recall@20": 0.09, "latency_ms": 0.1}
+    assert grouped.on_trial_result(None, fast, at_rung) == CONTINUE
+    assert grouped.on_trial_result(None, slow, {**at_rung, "recall@20": 0.05}) == CONTINUE
+    (tmp_path / "b").mkdir()
+    flat = make_scheduler(SearchSettings(rung_groups="none"), space, SimpleNamespace(dir=tmp_path / "b"), 20)
+    assert flat.on_trial_result(None, fast, at_rung) == CONTINUE
+    assert flat.on_trial_result(None, slow, {**at_rung, "recall@20": 0.05}) == STOP
+
+
+def test_grouped_rungs_keep_the_best_trial_so_far_at_its_latency() -> None:
+    s = ParetoASHA(OBJ, grace_period=1, reduction_factor=3, max_t=9, group_by="loss")
+    assert s.decide("big", _res(1, 0.30, 2.0), "kd") == CONTINUE
+    # second of its group and behind "big": the quota (1 of 2) would stop it, but nothing recorded at the
+    # rung is as fast and as good, so it is on the rung's front and continues
+    assert s.decide("small", _res(1, 0.10, 1.0), "kd") == CONTINUE
+    # dominated by "small" (same latency, lower recall), from another group: judged in its group (first)
+    assert s.decide("other", _res(1, 0.05, 1.0), "rrd") == CONTINUE
+    # behind in its group and dominated at the rung: stops
+    assert s.decide("other2", _res(1, 0.04, 1.0), "rrd") == STOP
+    assert s.decide("small2", _res(1, 0.09, 1.0), "kd") == STOP

@@ -167,6 +167,7 @@ def make_scheduler(search: SearchSettings, space: SearchSpace, run: Run, k: int)
         objectives={f"recall@{k}": "max", "latency_ms": "min"}, time_attr="epoch",
         grace_period=min(search.grace_epochs, epochs), reduction_factor=search.reduction_factor, max_t=epochs,
         state_path=str(run.dir / SCHEDULER_STATE), final_key="final", stop_at_max_t=False,
+        group_by=None if search.rung_groups == "none" else search.rung_groups,
     )
 
 

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
-from kdtune.search.pareto import check_directions, to_minimisation
+from kdtune.search.pareto import check_directions, non_dominated, to_minimisation
 from kdtune.search.rungs import promote, rung_milestones
 
 __all__ = ["ParetoASHA"]
@@ -79,6 +79,13 @@ class ParetoASHA(FIFOScheduler):
             with its best epoch's figures) are passed through untouched: not recorded, never stopped.
         stop_at_max_t: stop a trial when ``time_attr`` reaches ``max_t`` (ASHA's rule). ``False`` lets
             the trial end by itself, so its closing report (and checkpoint) still arrives.
+        group_by: a config key (e.g. ``"loss"``): a trial is then compared at a rung only with the trials
+            recorded there whose config has the same value, i.e. successive halving runs within each
+            group. For trials whose learning curves differ in shape by group (a loss that starts slowly
+            but ends higher), an early rung ranks trials of one group far better than across groups.
+            The first trial of each group at a rung always continues, and so does a trial on the
+            Pareto front of every trial recorded at the rung (the best so far at its latency, whatever
+            its group), which the quota inside a group could otherwise stop. ``None``: one group.
         state_path: JSON file for the rung records, rewritten atomically after every change and read
             back when the scheduler starts or is unpickled (``Tuner.restore`` unpickles the scheduler
             as it was when the Tuner was created). Keep it inside the run directory: a file left by an
@@ -100,6 +107,7 @@ class ParetoASHA(FIFOScheduler):
         state_path: str | os.PathLike[str] | None = None,
         final_key: str | None = None,
         stop_at_max_t: bool = True,
+        group_by: str | None = None,
     ) -> None:
         super().__init__()
         check_directions(objectives)
@@ -109,9 +117,10 @@ class ParetoASHA(FIFOScheduler):
         self._max_t = max_t
         self._final_key = final_key
         self._stop_at_max_t = stop_at_max_t
+        self._group_by = group_by
         self._milestones = rung_milestones(grace_period, reduction_factor, max_t)
         self._state_path = os.fspath(state_path) if state_path is not None else None
-        # rung index -> {trial_id: {"values": [minimised floats], "time": t, "decision": str}};
+        # rung index -> {trial_id: {"values": [minimised floats], "time": t, "decision": str[, "group": str]}};
         # dicts keep insertion order, which fixes the tie-break order across restores.
         self._rungs: list[dict[str, dict[str, Any]]] = [{} for _ in self._milestones]
         self._reset_live_tracking()
@@ -151,7 +160,10 @@ class ParetoASHA(FIFOScheduler):
             self._persist()
 
     def _config(self) -> dict[str, Any]:
-        return {"objectives": self._objectives, "time_attr": self._time_attr, "milestones": self._milestones}
+        # A scheduler unpickled from before grouping existed has no _group_by, and its state file no
+        # "group_by": one group, as it ran.
+        return {"objectives": self._objectives, "time_attr": self._time_attr, "milestones": self._milestones,
+                "group_by": getattr(self, "_group_by", None)}
 
     def state_dict(self) -> dict[str, Any]:
         """The rung records as a JSON-ready dict (non-finite values written as null)."""
@@ -198,8 +210,16 @@ class ParetoASHA(FIFOScheduler):
 
     # -- the decision, on plain data -----------------------------------------------------------
 
-    def decide(self, trial_id: str, result: Mapping[str, Any]) -> str:
-        """CONTINUE or STOP for one result of ``trial_id``; records it if it reaches a new rung."""
+    def group_of(self, config: Mapping[str, Any] | None) -> str | None:
+        """The rung group of a trial with this config (``None`` when the scheduler does not group)."""
+        key = getattr(self, "_group_by", None)
+        if key is None:
+            return None
+        return str((config or {}).get(key))
+
+    def decide(self, trial_id: str, result: Mapping[str, Any], group: str | None = None) -> str:
+        """CONTINUE or STOP for one result of ``trial_id`` (of rung group ``group``, see ``group_by``);
+        records it if it reaches a new rung."""
         if self._final_key is not None and result.get(self._final_key):
             return CONTINUE
         t = _number(result.get(self._time_attr))
@@ -238,15 +258,19 @@ class ParetoASHA(FIFOScheduler):
                 earlier.update(values=vec, time=t)
                 self._persist()
             return earlier["decision"]
-        rung[trial_id] = {"values": vec, "time": t, "decision": CONTINUE}
-        ids = list(rung)
+        rung[trial_id] = {"values": vec, "time": t, "decision": CONTINUE, **({"group": group} if group else {})}
+        ids = [i for i, rec in rung.items() if rec.get("group") == group]
         points = np.array([rung[i]["values"] for i in ids], dtype=float)
         decision = CONTINUE if promote(points, ids.index(trial_id), self._eta) else STOP
+        if decision == STOP and group is not None:
+            everyone = list(rung)
+            if non_dominated(np.array([rung[i]["values"] for i in everyone], dtype=float))[everyone.index(trial_id)]:
+                decision = CONTINUE
         rung[trial_id]["decision"] = decision
         self._persist()
         logger.debug(
-            "ParetoASHA: trial %s at rung %s (%d recorded): %s",
-            trial_id, self._milestones[rung_idx], len(rung), decision,
+            "ParetoASHA: trial %s at rung %s (%d recorded in its group): %s",
+            trial_id, self._milestones[rung_idx], len(ids), decision,
         )  # fmt: skip
         return decision
 
@@ -262,7 +286,7 @@ class ParetoASHA(FIFOScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         """Judge one result (see :meth:`decide`)."""
-        return self.decide(trial.trial_id, result)
+        return self.decide(trial.trial_id, result, self.group_of(getattr(trial, "config", None)))
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         """Drop the trial's live tracking; its rung records stay."""
