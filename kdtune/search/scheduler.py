@@ -97,6 +97,10 @@ class ParetoASHA(FIFOScheduler):
     decision it got then, so a resumed search decides as the uninterrupted one would have.
     """
 
+    # A scheduler unpickled from before grouping existed has no instance value: one group, as it ran
+    # (and its state file has no "group_by").
+    _group_by: str | None = None
+
     def __init__(
         self,
         objectives: Mapping[str, str],
@@ -160,10 +164,8 @@ class ParetoASHA(FIFOScheduler):
             self._persist()
 
     def _config(self) -> dict[str, Any]:
-        # A scheduler unpickled from before grouping existed has no _group_by, and its state file no
-        # "group_by": one group, as it ran.
         return {"objectives": self._objectives, "time_attr": self._time_attr, "milestones": self._milestones,
-                "group_by": getattr(self, "_group_by", None)}
+                "group_by": self._group_by}
 
     def state_dict(self) -> dict[str, Any]:
         """The rung records as a JSON-ready dict (non-finite values written as null)."""
@@ -212,10 +214,9 @@ class ParetoASHA(FIFOScheduler):
 
     def group_of(self, config: Mapping[str, Any] | None) -> str | None:
         """The rung group of a trial with this config (``None`` when the scheduler does not group)."""
-        key = getattr(self, "_group_by", None)
-        if key is None:
+        if self._group_by is None:
             return None
-        return str((config or {}).get(key))
+        return str((config or {}).get(self._group_by))
 
     def decide(self, trial_id: str, result: Mapping[str, Any], group: str | None = None) -> str:
         """CONTINUE or STOP for one result of ``trial_id`` (of rung group ``group``, see ``group_by``);
@@ -258,19 +259,20 @@ class ParetoASHA(FIFOScheduler):
                 earlier.update(values=vec, time=t)
                 self._persist()
             return earlier["decision"]
-        rung[trial_id] = {"values": vec, "time": t, "decision": CONTINUE, **({"group": group} if group else {})}
-        ids = [i for i, rec in rung.items() if rec.get("group") == group]
+        rung[trial_id] = {"values": vec, "time": t, "decision": CONTINUE,
+                          **({"group": group} if group is not None else {})}
+        ids = list(rung)
         points = np.array([rung[i]["values"] for i in ids], dtype=float)
-        decision = CONTINUE if promote(points, ids.index(trial_id), self._eta) else STOP
-        if decision == STOP and group is not None:
-            everyone = list(rung)
-            if non_dominated(np.array([rung[i]["values"] for i in everyone], dtype=float))[everyone.index(trial_id)]:
-                decision = CONTINUE
+        me = ids.index(trial_id)
+        mine = [j for j, i in enumerate(ids) if rung[i].get("group") == group]
+        keep = promote(points[mine], mine.index(me), self._eta)
+        # grouped: the best so far at its latency over the whole rung goes on too
+        decision = CONTINUE if keep or (group is not None and non_dominated(points)[me]) else STOP
         rung[trial_id]["decision"] = decision
         self._persist()
         logger.debug(
             "ParetoASHA: trial %s at rung %s (%d recorded in its group): %s",
-            trial_id, self._milestones[rung_idx], len(ids), decision,
+            trial_id, self._milestones[rung_idx], len(mine), decision,
         )  # fmt: skip
         return decision
 
